@@ -1,0 +1,3 @@
+from podserve.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""Dynamic batching: one batcher per model, shared by every surface.
+
+Requests wait in a priority queue; one collector task forms a batch from compatible requests
+(same shapes beyond the batch axis) up to the batch cap, waiting at most ``max_queue_delay``
+for it to fill (or until a preferred size is reached), and hands it to the model's single
+inference thread. While one batch computes, the next one is being collected, so the model
+never idles when there is work. The event loop never blocks on the model.
+
+Back-pressure: past ``max_queue_size`` waiting requests, ``submit`` raises
+:class:`OverloadedError` at once instead of letting the queue grow. A request whose client
+timeout expires while queued fails with :class:`DeadlineExceededError` and never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from podserve import metrics
+from podserve.batching.shapes import batch_key, concat, split
+from podserve.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidRequestError,
+    OverloadedError,
+    PodserveError,
+    ResourceExhaustedError,
+)
+
+log = logging.getLogger(__name__)
+
+InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(order=True)
+class _Item:
+    sort_key: tuple[int, int]
+    rows: int = field(compare=False)
+    inputs: dict[str, np.ndarray] = field(compare=False)
+    future: asyncio.Future[dict[str, np.ndarray]] = field(compare=False)
+    enqueued: float = field(compare=False)
+    deadline: float | None = field(compare=False)
+    key: tuple[object, ...] = field(compare=False)
+
+
+@dataclass
+class BatcherStats:
+    """Counts for ``/v2/models/{m}/stats``; times in nanoseconds as Triton reports them."""
+
+    success: int = 0
+    fail: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+
+class Batcher:
+    """Collects requests into batches and runs them on one inference thread."""
+
+    def __init__(
+        self,
+        name: str,
+        infer: InferFn,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        preferred_batch_sizes: tuple[int, ...] = (),
+        max_queue_size: int = 4096,
+    ) -> None:
+        self.name = name
+        self._infer = infer
+        self.batched = max_batch_size > 0
+        self.max_batch_size = max(max_batch_size, 1)
+        self.batch_cap = self.max_batch_size  # may be lowered by the memory budget / OOM
+        self.max_queue_delay_s = max_queue_delay_s
+        self.preferred = tuple(sorted(p for p in preferred_batch_sizes if p > 0))
+        self.max_queue_size = max_queue_size
+        self.stats = BatcherStats()
+        self._heap: list[_Item] = []
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._task: asyncio.Task[None] | None = None
+        self._inflight = 0
+        self._queued_rows = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._depth = metrics.QUEUE_DEPTH.labels(model=name)
+        metrics.BATCH_CAP.labels(model=name).set(self.batch_cap)
+
+    # --- public ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._collect(), name=f"batcher-{self.name}"
+            )
+
+    @property
+    def pending(self) -> int:
+        return len(self._heap) + self._inflight
+
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Queue one request (batch axis 0) and wait for its outputs."""
+        if len(self._heap) >= self.max_queue_size:
+            raise OverloadedError(
+                f"model '{self.name}' has {len(self._heap)} requests waiting (limit "
+                f"{self.max_queue_size}); retry later or add replicas"
+            )
+        rows = next(iter(inputs.values())).shape[0] if self.batched else 1
+        if self.batched and rows > self.max_batch_size:
+            raise InvalidRequestError(
+                f"batch of {rows} exceeds model '{self.name}' max_batch_size {self.max_batch_size}"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        # Triton: priority 1 is the highest level, 0 means "default" (lowest here).
+        level = priority if priority > 0 else 1 << 30
+        item = _Item(
+            (level, next(self._seq)), rows, inputs, loop.create_future(), now,
+            now + timeout_s if timeout_s else None, batch_key(inputs) if self.batched else (),
+        )  # fmt: skip
+        heapq.heappush(self._heap, item)
+        self._queued_rows += rows
+        self._depth.set(len(self._heap))
+        self._idle.clear()
+        self._wakeup.set()
+        return await item.future
+
+    async def drain(self) -> None:
+        """Wait until every accepted request has been answered."""
+        while self._heap or self._inflight:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for item in self._heap:
+            if not item.future.done():
+                item.future.set_exception(PodserveError(f"model '{self.name}' was unloaded"))
+        self._heap.clear()
+        self._queued_rows = 0
+        self._executor.shutdown(wait=True)
+
+    # --- collection -----------------------------------------------------------------------
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        running: asyncio.Task[None] | None = None
+        while True:
+            if running is not None and running.done():
+                running = None
+            if not self._heap:
+                if running is None and self._inflight == 0:
+                    self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if running is not None:
+                # The model is busy: let the next batch grow until it is full or the model
+                # frees up, then send it at once (its queue delay has usually passed).
+                if self._queued_rows < self.batch_cap:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                else:
+                    await asyncio.wait([running])
+                continue
+            batch = await self._form_batch()
+            if batch:
+                running = loop.create_task(self._execute(batch))
+                running.add_done_callback(lambda _t: self._wakeup.set())
+
+    async def _form_batch(self) -> list[_Item]:
+        """Pop a batch: wait up to max_queue_delay for it to fill, dropping expired items."""
+        first_seen = self._heap[0].enqueued
+        if self.batched and self.max_queue_delay_s > 0:
+            deadline = first_seen + self.max_queue_delay_s
+            while self._queued_rows < self._target() and (wait := deadline - time.monotonic()) > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                except TimeoutError:
+                    break
+        batch: list[_Item] = []
+        rows = 0
+        skipped: list[_Item] = []
+        now = time.monotonic()
+        while self._heap:
+            item = heapq.heappop(self._heap)
+            self._queued_rows -= item.rows
+            if item.future.done():  # client went away
+                continue
+            if item.deadline is not None and now > item.deadline:
+                waited = now - item.enqueued
+                item.future.set_exception(DeadlineExceededError(
+                    f"request timed out after waiting {waited * 1000:.1f} ms in the queue of "
+                    f"model '{self.name}'; it was not run"))  # fmt: skip
+                self.stats.fail += 1
+                continue
+            if batch and (item.key != batch[0].key or rows + item.rows > self.batch_cap
+                          or not self.batched):  # fmt: skip
+                skipped.append(item)
+                if not self.batched or rows >= self.batch_cap:
+                    break
+                continue
+            batch.append(item)
+            rows += item.rows
+            if rows >= self.batch_cap:
+                break
+        for item in skipped:
+            heapq.heappush(self._heap, item)
+            self._queued_rows += item.rows
+        self._depth.set(len(self._heap))
+        return batch
+
+    def _target(self) -> int:
+        rows = self._queued_rows
+        for p in self.preferred:
+            if rows <= p <= self.batch_cap:
+                return p
+        return self.batch_cap
+
+    # --- execution ------------------------------------------------------------------------
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        self._inflight += len(batch)
+        start = time.monotonic()
+        try:
+            inputs = concat([i.inputs for i in batch])
+            rows = sum(i.rows for i in batch)
+            outputs = await loop.run_in_executor(self._executor, self._run, inputs, rows)
+            parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
+            compute = time.monotonic() - start
+            self._record(batch, rows, start, compute)
+            for item, part in zip(batch, parts, strict=True):
+                if not item.future.done():
+                    item.future.set_result(part)
+        except Exception as exc:  # the model raised: every request of the batch fails
+            err = (
+                exc
+                if isinstance(exc, PodserveError)
+                else InferenceError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")
+            )
+            if not isinstance(exc, PodserveError):
+                log.exception("model %s raised during inference", self.name)
+            self.stats.fail += len(batch)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(err)
+        finally:
+            self._inflight -= len(batch)
+            if not self._heap and not self._inflight:
+                self._idle.set()
+
+    def _run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """On the inference thread: run the model and check what it returned."""
+        outputs = self._infer(inputs)
+        if self.batched:
+            for name, arr in outputs.items():
+                if arr.ndim == 0 or arr.shape[0] != rows:
+                    raise InferenceError(
+                        f"model '{self.name}' returned output '{name}' with shape "
+                        f"{list(arr.shape)} for a batch of {rows}"
+                    )
+        return outputs
+
+    def _record(self, batch: list[_Item], rows: int, start: float, compute: float) -> None:
+        s = self.stats
+        s.success += len(batch)
+        s.inference_count += rows
+        s.execution_count += 1
+        s.compute_ns += int(compute * 1e9)
+        s.batch_sizes[rows] = s.batch_sizes.get(rows, 0) + 1
+        metrics.COMPUTE_SECONDS.labels(model=self.name).observe(compute)
+        metrics.BATCH_SIZE.labels(model=self.name).observe(rows)
+        queue_hist = metrics.QUEUE_SECONDS.labels(model=self.name)
+        for item in batch:
+            waited = start - item.enqueued
+            s.queue_ns += int(waited * 1e9)
+            queue_hist.observe(waited)
+
+    def lower_cap(self, cap: int) -> None:
+        """Used by the memory budget and the OOM split: never form batches above ``cap``."""
+        self.batch_cap = max(1, min(cap, self.max_batch_size))
+        metrics.BATCH_CAP.labels(model=self.name).set(self.batch_cap)
+
+
+__all__ = ["Batcher", "BatcherStats", "ResourceExhaustedError"]

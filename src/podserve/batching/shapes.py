@@ -1,0 +1,29 @@
+"""Stacking requests along the batch axis and splitting the results back."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def batch_key(inputs: dict[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    """Requests can share a batch only if every input agrees beyond the batch axis."""
+    return tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in sorted(inputs.items()))
+
+
+def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+
+
+def split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
+    """Inverse of :func:`concat`; views, no copies."""
+    if len(sizes) == 1:
+        return [outputs]
+    result: list[dict[str, np.ndarray]] = [{} for _ in sizes]
+    for name, arr in outputs.items():
+        start = 0
+        for i, n in enumerate(sizes):
+            result[i][name] = arr[start : start + n]
+            start += n
+    return result

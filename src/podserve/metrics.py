@@ -1,0 +1,83 @@
+"""Prometheus metrics, defined once and recorded by the data plane and the surfaces.
+
+Names follow Prometheus conventions (``_seconds``, ``_bytes``, ``_total``). The registry is
+module-global because a process serves one data plane; tests read values through
+:func:`sample`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+REQUESTS = Counter(
+    "podserve_requests_total", "Inference requests by outcome.",
+    ["model", "surface", "outcome"], registry=REGISTRY,
+)  # fmt: skip
+REQUEST_SECONDS = Histogram(
+    "podserve_request_seconds", "Request latency inside the server (decode to encode).",
+    ["model", "surface"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+QUEUE_SECONDS = Histogram(
+    "podserve_queue_seconds", "Time a request waited in the batcher.",
+    ["model"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+COMPUTE_SECONDS = Histogram(
+    "podserve_compute_seconds", "Time one batch spent in the model.",
+    ["model"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+BATCH_SIZE = Histogram(
+    "podserve_batch_size", "Rows per executed batch.",
+    ["model"], buckets=_BATCH_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+QUEUE_DEPTH = Gauge(
+    "podserve_queue_depth", "Requests waiting in the batcher.", ["model"], registry=REGISTRY
+)
+MODEL_LOAD_SECONDS = Gauge(
+    "podserve_model_load_seconds", "Seconds to read, verify and build the model.",
+    ["model", "version"], registry=REGISTRY,
+)  # fmt: skip
+MODEL_LOAD_BYTES = Gauge(
+    "podserve_model_load_bytes", "Weight bytes read at load.", ["model", "version"],
+    registry=REGISTRY,
+)  # fmt: skip
+MODEL_STATE = Gauge(
+    "podserve_model_state", "1 for the model's current state.", ["model", "state"],
+    registry=REGISTRY,
+)  # fmt: skip
+SERVER_STATE = Gauge(
+    "podserve_server_state", "1 for the server's current state.", ["state"], registry=REGISTRY
+)
+TIME_TO_READY = Gauge(
+    "podserve_time_to_ready_seconds", "Process start to ready.", registry=REGISTRY
+)
+BATCH_CAP = Gauge(
+    "podserve_batch_cap", "Largest batch the batcher will form (memory-limited).", ["model"],
+    registry=REGISTRY,
+)  # fmt: skip
+OOM_SPLITS = Counter(
+    "podserve_oom_splits_total", "Batches split in halves after running out of memory.",
+    ["model"], registry=REGISTRY,
+)  # fmt: skip
+
+STATES = ("loading", "ready", "draining", "stopped", "failed", "unloaded")
+
+
+def set_state(gauge: Gauge, state: str, **labels: str) -> None:
+    for s in STATES:
+        gauge.labels(**labels, state=s).set(1.0 if s == state else 0.0)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float | None:
+    value = REGISTRY.get_sample_value(name, labels or {})
+    return value

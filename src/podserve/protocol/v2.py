@@ -1,0 +1,279 @@
+"""Open Inference Protocol (v2) types and tensor codecs, shared by every surface.
+
+Surfaces decode their wire format into :class:`InferRequest` (numpy arrays already built),
+call the data plane, and encode the :class:`InferResponse`. The codecs here are the only place
+that knows how v2 datatypes map to numpy and how BYTES elements are framed (4-byte
+little-endian length + bytes, as Triton's binary extension and ``raw_*_contents`` do).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from podserve.errors import InvalidRequestError
+
+_NUMPY = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+_V2 = {np.dtype(v).newbyteorder("="): k for k, v in _NUMPY.items() if k != "BYTES"}
+_V2.update({np.dtype(v).newbyteorder("<"): k for k, v in _NUMPY.items() if k != "BYTES"})
+_V2[np.dtype(object)] = "BYTES"
+DATATYPES = tuple(_NUMPY)
+
+
+def to_numpy_dtype(datatype: str) -> np.dtype[Any]:
+    try:
+        return _NUMPY[datatype]
+    except KeyError:
+        raise InvalidRequestError(
+            f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+def to_datatype(array: np.ndarray) -> str:
+    """The v2 datatype of a numpy array (str and bytes arrays are BYTES)."""
+    dt = array.dtype
+    if dt.kind in "SUO":
+        return "BYTES"
+    try:
+        return _V2[dt]
+    except KeyError:
+        raise InvalidRequestError(f"numpy dtype {dt} has no v2 datatype") from None
+
+
+@dataclass(slots=True)
+class InferTensor:
+    """A named tensor with its data as a numpy array of exactly ``shape``."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def binary(self) -> bool | None:
+        value = self.parameters.get("binary_data")
+        return None if value is None else bool(value)
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded request. ``timeout_us`` and ``priority`` come from the client's parameters."""
+
+    model_name: str
+    inputs: list[InferTensor]
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def timeout_s(self) -> float | None:
+        value = self.parameters.get("timeout")
+        if value is None:
+            return None
+        try:
+            timeout_us = float(value)
+        except (TypeError, ValueError):
+            raise InvalidRequestError(
+                "parameter 'timeout' must be a number (microseconds)"
+            ) from None
+        return timeout_us / 1e6 if timeout_us > 0 else None
+
+    @property
+    def priority(self) -> int:
+        value = self.parameters.get("priority", 0)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidRequestError("parameter 'priority' must be an integer") from None
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: list[InferTensor]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+# --- shapes -------------------------------------------------------------------------------
+
+
+def check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidRequestError(f"input '{name}': shape must be a list of integers >= 0")
+    return tuple(shape)
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+# --- JSON tensors ---------------------------------------------------------------------------
+
+
+def tensor_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    """Build the array for a JSON ``data`` field (flat or nested, row-major)."""
+    dtype = to_numpy_dtype(datatype)
+    count = element_count(shape)
+    if not isinstance(data, list):
+        data = [data]
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        items = []
+        for item in flat:
+            if isinstance(item, str):
+                items.append(item.encode("utf-8"))
+            elif isinstance(item, bytes):
+                items.append(item)
+            else:
+                raise InvalidRequestError(f"input '{name}': BYTES elements must be strings")
+        arr = np.empty(len(items), dtype=object)
+        arr[:] = items
+    else:
+        try:
+            arr = np.asarray(data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidRequestError(
+                f"input '{name}': data does not match datatype {datatype}"
+            ) from None
+        if datatype == "BOOL" and not _all_bools(data):
+            raise InvalidRequestError(f"input '{name}': BOOL data must be true/false")
+        if datatype != "BOOL" and dtype.kind in "iu" and _has_float(arr, data):
+            raise InvalidRequestError(f"input '{name}': {datatype} data must be integers")
+    if arr.size != count:
+        raise InvalidRequestError(
+            f"input '{name}': shape {list(shape)} needs {count} elements, data has {arr.size}"
+        )
+    return arr.reshape(shape)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _all_bools(data: list[Any]) -> bool:
+    return all(isinstance(x, bool) for x in _flatten(data))
+
+
+def _has_float(arr: np.ndarray, data: list[Any]) -> bool:
+    return any(isinstance(x, float) for x in _flatten(data)) if arr.size < 4096 else False
+
+
+def tensor_to_json(array: np.ndarray) -> list[Any]:
+    """Flat row-major list for a JSON response (BYTES as UTF-8 text where possible)."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        return [_bytes_to_text(x) for x in array.reshape(-1)]
+    return array.reshape(-1).tolist()  # type: ignore[no-any-return]
+
+
+def _bytes_to_text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("latin-1")
+    if isinstance(value, str):
+        return value
+    return str(value)
+
+
+# --- raw (binary) tensors -----------------------------------------------------------------
+
+
+def tensor_from_raw(
+    name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview
+) -> np.ndarray:
+    """Decode Triton binary / gRPC raw contents; zero-copy for fixed-size datatypes."""
+    count = element_count(shape)
+    if datatype == "BYTES":
+        return deserialize_bytes(name, raw, count).reshape(shape)
+    dtype = to_numpy_dtype(datatype)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidRequestError(
+            f"input '{name}': {datatype} shape {list(shape)} needs {expected} bytes, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    pos, end = 0, len(view)
+    unpack = struct.Struct("<I").unpack_from
+    for i in range(count):
+        if pos + 4 > end:
+            raise InvalidRequestError(f"input '{name}': BYTES data ends after {i} of {count} items")
+        (n,) = unpack(view, pos)
+        pos += 4
+        if pos + n > end:
+            raise InvalidRequestError(f"input '{name}': BYTES item {i} runs past the data")
+        out[i] = bytes(view[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise InvalidRequestError(
+            f"input '{name}': {end - pos} trailing bytes after {count} BYTES items"
+        )
+    return out
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    pack = struct.Struct("<I").pack
+    for item in array.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def tensor_to_raw(array: np.ndarray) -> bytes | memoryview:
+    """Raw little-endian bytes of a tensor (BYTES length-prefixed)."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        return serialize_bytes(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return memoryview(np.ascontiguousarray(array)).cast("B")
+
+
+def output_tensor(name: str, array: np.ndarray) -> InferTensor:
+    return InferTensor(name, to_datatype(array), tuple(array.shape), array)

@@ -1,0 +1,123 @@
+"""One settings object, read from ``PODSERVE_*`` environment variables and overridden by flags.
+
+Kubernetes users set these in a ConfigMap; every CLI flag of ``podserve serve`` / ``worker``
+maps onto one field here, so the two never disagree. ``docs/configuration.md`` is generated
+from this class (``python -m podserve.settings > docs/configuration.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of a podserve process."""
+
+    model_config = SettingsConfigDict(env_prefix="PODSERVE_", extra="ignore")
+
+    # --- model repository ---------------------------------------------------------------
+    model_root: Path = Field(Path("/mnt/models"), description="Model repository root (read-only).")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models to serve as NAME or NAME:VERSION; empty serves every model found.",
+    )
+    verify: Literal["full", "size"] = Field(
+        "full",
+        description="Weight check at load: full digests (BLAKE3 if recorded, else SHA-256) or "
+        "sizes only (reported as such; only use on trusted volumes).",
+    )
+    read_strategy: Literal["mmap", "read"] = Field(
+        "mmap",
+        description="How weights are read: memory-mapped (fast on local disks and warm caches) or "
+        "large sequential reads into one buffer (better on network filesystems).",
+    )
+
+    # --- serving surfaces ---------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Address the HTTP and gRPC servers bind.")
+    http_port: int = Field(8080, description="HTTP (Open Inference Protocol REST) port; 0 = off.")
+    grpc_port: int = Field(8081, description="gRPC (GRPCInferenceService) port; 0 = off.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest accepted request body.")
+    repository_api: bool = Field(
+        False, description="Enable /v2/repository load/unload (needs admin_token when set)."
+    )
+    admin_token: str | None = Field(
+        None, description="Bearer token required by the repository (admin) endpoints."
+    )
+
+    # --- batching -----------------------------------------------------------------------
+    max_batch_size: int | None = Field(None, description="Override the manifest's batch size.")
+    max_queue_delay_ms: float | None = Field(
+        None, description="Override how long the batcher waits to fill a batch."
+    )
+    max_queue_size: int = Field(
+        4096, description="Requests waiting per model before new ones get 503/UNAVAILABLE."
+    )
+
+    # --- lifecycle ----------------------------------------------------------------------
+    drain_grace_seconds: float = Field(
+        5.0,
+        description="After SIGTERM, how long new requests are still accepted (endpoints are "
+        "being removed) before they get 503.",
+    )
+    drain_timeout_seconds: float = Field(
+        25.0, description="Longest wait for accepted work to finish after SIGTERM."
+    )
+
+    # --- accelerators -------------------------------------------------------------------
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (manifest may override).")
+    intra_op_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads one inference may use (torch.set_num_threads, ONNX Runtime "
+        "intra_op_num_threads); unset = the framework's default (all cores).",
+    )
+    memory_fraction: float = Field(
+        0.9, description="Share of the device's free memory this process may use (time-slicing)."
+    )
+
+    # --- queue worker -------------------------------------------------------------------
+    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    queue: str | None = Field(None, description="Consume v2 requests from this queue.")
+    dead_letter_queue: str | None = Field(None, description="Defaults to '<queue>.dlq'.")
+    delivery_limit: int = Field(3, description="Deliveries before a message is dead-lettered.")
+    prefetch: int | None = Field(None, description="Defaults to 2 x the model's batch size.")
+
+    # --- pipeline -----------------------------------------------------------------------
+    stage: str | None = Field(None, description="Serve pipeline stage I/K of a split model.")
+
+    # --- logs ---------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["json", "text"] = Field("text", description="json for log collectors.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        """``PODSERVE_MODELS=a,b:2`` as a ConfigMap would write it."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+def render_markdown() -> str:
+    """The settings table for docs/configuration.md."""
+    lines = [
+        "# Configuration",
+        "",
+        "Generated by `python -m podserve.settings`; do not edit by hand.",
+        "Every setting is read from the environment variable shown, and most from a CLI flag.",
+        "",
+        "| variable | default | description |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        lines.append(f"| `PODSERVE_{name.upper()}` | `{default}` | {field.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

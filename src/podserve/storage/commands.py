@@ -1,0 +1,134 @@
+"""``podserve stage`` and ``podserve verify``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from podserve.errors import ConfigurationError, PodserveError
+
+
+def register(sub: Any) -> None:
+    stage = sub.add_parser(
+        "stage", help="write a model version directory with manifest and SHA256SUMS",
+        description="Copy weights (a file or a directory) into ROOT/NAME/VERSION with a "
+        "podserve.yaml manifest and SHA256SUMS, as the server expects them on the volume.",
+    )  # fmt: skip
+    stage.add_argument("src", help="a weight file or a directory of model files")
+    stage.add_argument("dest", help="ROOT/NAME/VERSION")
+    stage.add_argument("--runtime", choices=["transformers", "torch", "onnx", "python"])
+    stage.add_argument("--manifest", help="a podserve.yaml to start from (fields, no files)")
+    stage.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME:DTYPE:DIMS",
+        help="an input, e.g. text:BYTES: or x:FP32:384 or ids:INT64:-1",
+    )
+    stage.add_argument("--output", action="append", default=[], metavar="NAME:DTYPE:DIMS")
+    stage.add_argument("--max-batch-size", type=int)
+    stage.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runtime option (YAML value), e.g. task=embedding",
+    )
+    stage.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    stage.set_defaults(handler=_stage)
+
+    verify = sub.add_parser(
+        "verify", help="check a model repository without loading it",
+        description="Check manifests, listings, sizes and checksums. Exits non-zero with the "
+        "reason on the first problem.",
+    )  # fmt: skip
+    verify.add_argument("root", help="repository root")
+    verify.add_argument("model", nargs="?", help="NAME or NAME/VERSION (default: all)")
+    verify.add_argument(
+        "--sha256",
+        action="store_true",
+        help="check SHA-256 (as sha256sum -c would) instead of the fast BLAKE3",
+    )
+    verify.add_argument(
+        "--size-only", action="store_true", help="check sizes, not digests (reported as such)"
+    )
+    verify.set_defaults(handler=_verify)
+
+
+def _tensor(spec: str) -> dict[str, Any]:
+    parts = spec.split(":")
+    if len(parts) != 3 or not parts[0]:
+        raise ConfigurationError(f"tensor {spec!r}: expected NAME:DTYPE:DIMS (DIMS like 4,384)")
+    dims = [int(d) for d in parts[2].split(",") if d.strip()]
+    return {"name": parts[0], "datatype": parts[1].upper(), "shape": dims}
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from podserve.storage.manifest import parse_manifest
+    from podserve.storage.stage import collect_files, stage_model
+
+    base: dict[str, Any] = {}
+    if args.manifest:
+        base = yaml.safe_load(Path(args.manifest).read_text(encoding="utf-8")) or {}
+    if args.runtime:
+        base["runtime"] = args.runtime
+    if args.input:
+        base["inputs"] = [_tensor(t) for t in args.input]
+    if args.output:
+        base["outputs"] = [_tensor(t) for t in args.output]
+    if args.max_batch_size is not None:
+        base["max_batch_size"] = args.max_batch_size
+    for opt in args.option:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            raise ConfigurationError(f"--option {opt!r}: expected KEY=VALUE")
+        base.setdefault("options", {})[key] = yaml.safe_load(value)
+    base.pop("files", None)
+    parse_manifest(yaml.safe_dump(base), "manifest (from flags)")
+    files = collect_files(Path(args.src))
+    manifest = stage_model(files, Path(args.dest), base, overwrite=args.overwrite)
+    total = sum(f.size for f in manifest.files.values())
+    print(f"staged {len(files)} files ({total / 1e6:.1f} MB) into {args.dest}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from podserve.storage.integrity import verify_digests
+    from podserve.storage.repository import ModelRepository
+
+    repo = ModelRepository(args.root)
+    repo.check_root()
+    if args.model:
+        name, _, version = args.model.partition("/")
+        targets = [(name, version or None)]
+    else:
+        targets = [(name, None) for name in repo.models()]
+        if not targets:
+            raise ConfigurationError(f"no models under {args.root}")
+    failed = 0
+    for name, version in targets:
+        label = f"{name}/{version or 'latest'}"
+        try:
+            started = time.perf_counter()
+            mv = repo.open(name, version)
+            label = f"{name}/{mv.version}"
+            n, total = len(mv.listing.files), mv.listing.total_bytes
+            if args.size_only:
+                how = "sizes only (digests NOT checked)"
+            else:
+                verify_digests(mv.listing, algorithm="sha256" if args.sha256 else None)
+                fast = all(f.blake3 for f in mv.listing.files.values()) and not args.sha256
+                how = "BLAKE3 digests" if fast else "SHA-256 digests"
+            secs = time.perf_counter() - started
+            print(f"ok      {label}: manifest (runtime {mv.manifest.runtime}), {n} files, "
+                  f"{total / 1e6:.1f} MB, {how} checked in {secs:.2f}s")  # fmt: skip
+        except PodserveError as exc:
+            failed += 1
+            print(f"FAILED  {label}: {exc}", file=sys.stderr)
+            code = exc.exit_code
+    return code if failed else 0

@@ -1,0 +1,52 @@
+"""Fixtures for the model repository: a small staged model to break in precise ways."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podserve.storage.stage import stage_model
+
+IDENT_MANIFEST = {
+    "runtime": "python",
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [4]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [4]}],
+    "max_batch_size": 8,
+}
+
+
+@pytest.fixture
+def staged(tmp_path: Path) -> Path:
+    """``<root>/ident/1`` with two files (one nested); returns the repository root."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "weights.safetensors").write_bytes(bytes(range(256)) * 64)
+    (src / "sub" / "config.json").write_text('{"a": 1}')
+    root = tmp_path / "root"
+    files = {"weights.safetensors": src / "weights.safetensors",
+             "sub/config.json": src / "sub" / "config.json"}  # fmt: skip
+    stage_model(files, root / "ident" / "1", IDENT_MANIFEST)
+    return root
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A directory that other users can traverse (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="podserve-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def staged_open(staged: Path, open_tmp: Path) -> Path:
+    """The staged repository copied under a traversable directory."""
+    root = open_tmp / "root"
+    shutil.copytree(staged, root)
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return root
