@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo serve test lint format typecheck proto docs bench clean install-demo install-dev
+.PHONY: demo test lint format typecheck docs clean install-demo install-dev
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,13 +47,12 @@ format: install-dev
 typecheck: install-dev
 	$(BIN)/mypy src/podserve
 
-## proto: regenerate the gRPC stubs from proto/*.proto
-proto: install-dev
-	$(BIN)/python -m podserve.protocol.grpc.codegen
-
 ## docs: regenerate docs/configuration.md from the settings
 docs: install-dev
 	$(BIN)/python -m podserve.settings > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache src/*.egg-info
+
+# proto: regenerate the gRPC stubs (src/podserve/protocol/grpc/_generated) from proto/*.proto
+include proto/Makefile.fragment

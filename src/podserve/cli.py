@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "podserve.kube.command",  # render
     "podserve.storage.transfer_command",  # pull, push
     "podserve.autoscale.command",  # plan
+    "podserve.protocol.queue.command",  # worker, submit
 ]
 
 

@@ -55,6 +55,7 @@ class ServedModel:
     batcher: Batcher | None = None
     loaded_at: float = 0.0
     extra_metadata: dict[str, Any] = field(default_factory=dict)
+    unavailable: PodserveError | None = None  # why a loaded model is "unavailable"
 
     @property
     def ready(self) -> bool:
@@ -208,6 +209,20 @@ class DataPlane:
         if self.state == "ready":
             self._set_server_state("loading")
 
+    def set_unavailable(self, name: str, error: PodserveError | None) -> None:
+        """A loaded model whose dependency (a pipeline stage) is down is not ready, and its
+        requests fail at once with ``error``; ``None`` makes it ready again. Idempotent."""
+        served = self.models.get(name)
+        if served is None or served.state not in ("ready", "unavailable"):
+            return
+        served.unavailable = error
+        if error is not None and served.state == "ready":
+            self._set_model_state(served, "unavailable", error.message)
+        elif error is None and served.state == "unavailable":
+            self._set_model_state(served, "ready")
+            if self.state in ("loading", "failed") and self.all_ready() and self.accepting:
+                self._set_server_state("ready")
+
     def begin_drain(self) -> None:
         """Ready goes false at once; requests are still accepted until ``stop_accepting``."""
         if self.state != "draining":
@@ -351,6 +366,9 @@ class DataPlane:
                 raise DrainingError("server is shutting down; send the request to another replica")
             served = self._get(name, request.model_version)
             if not served.ready or served.batcher is None or served.manifest is None:
+                if served.state == "unavailable" and served.unavailable is not None:
+                    err = served.unavailable  # a fresh instance: no traceback piles up
+                    raise type(err)(err.message)
                 raise ModelNotReadyError(self._not_ready(served))
             inputs = self._check_inputs(served.manifest, request)
             wanted = self._check_outputs(served.manifest, request)

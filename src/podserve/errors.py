@@ -31,6 +31,7 @@ gRPC interceptor and the queue worker read these attributes; nothing else maps e
     ├── StageUnavailableError             503  UNAVAILABLE       a pipeline stage is down
     ├── TransferError                     502  UNAVAILABLE       pull/push: transient, retried
     │   └── PermanentTransferError                               404, access denied: not retried
+    ├── BrokerError                       503  UNAVAILABLE       RabbitMQ unreachable / channel lost
     └── InferenceError                    500  INTERNAL          the model itself raised
 """
 
@@ -175,3 +176,12 @@ class PermanentTransferError(TransferError):
 
 class InferenceError(PodserveError):
     pass
+
+
+class BrokerError(PodserveError):
+    """The message broker (RabbitMQ) is unreachable or closed the channel."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    retryable = True
+    exit_code = 7

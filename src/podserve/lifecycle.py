@@ -45,7 +45,7 @@ class Server:
         self.settings = settings
         self.dataplane = DataPlane(ModelRepository(settings.model_root), settings, factory=factory)
         self.surfaces: list[Any] = []
-        self._want_http = http and settings.http_port >= 0
+        self._want_http = http and settings.http_port > 0
         self._want_grpc = grpc and settings.grpc_port > 0
         self._stop = asyncio.Event()
         self.exit_code = 0

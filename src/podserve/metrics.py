@@ -66,6 +66,32 @@ OOM_SPLITS = Counter(
     ["model"], registry=REGISTRY,
 )  # fmt: skip
 
+# --- queue worker (batch sizes are the batcher's BATCH_SIZE) --------------------------------
+QUEUE_CONSUMED = Counter(
+    "podserve_queue_consumed_total", "Messages delivered to the worker.", ["queue"],
+    registry=REGISTRY,
+)  # fmt: skip
+QUEUE_REDELIVERED = Counter(
+    "podserve_queue_redelivered_total", "Deliveries flagged redelivered by the broker.",
+    ["queue"], registry=REGISTRY,
+)  # fmt: skip
+QUEUE_ACKED = Counter(
+    "podserve_queue_acked_total", "Messages acked after their reply was confirmed.", ["queue"],
+    registry=REGISTRY,
+)  # fmt: skip
+QUEUE_REQUEUED = Counter(
+    "podserve_queue_requeued_total", "Messages handed back for a retry (retryable errors).",
+    ["queue"], registry=REGISTRY,
+)  # fmt: skip
+QUEUE_DEAD_LETTERED = Counter(
+    "podserve_queue_dead_lettered_total", "Messages sent to the dead-letter queue, by error.",
+    ["queue", "error"], registry=REGISTRY,
+)  # fmt: skip
+QUEUE_INFLIGHT = Gauge(
+    "podserve_queue_inflight", "Messages delivered and not yet acked, requeued or rejected.",
+    ["queue"], registry=REGISTRY,
+)  # fmt: skip
+
 STATES = ("loading", "ready", "draining", "stopped", "failed", "unloaded")
 
 

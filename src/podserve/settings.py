@@ -7,6 +7,7 @@ from this class (``python -m podserve.settings > docs/configuration.md``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -85,19 +86,56 @@ class Settings(BaseSettings):
     dead_letter_queue: str | None = Field(None, description="Defaults to '<queue>.dlq'.")
     delivery_limit: int = Field(3, description="Deliveries before a message is dead-lettered.")
     prefetch: int | None = Field(None, description="Defaults to 2 x the model's batch size.")
+    dead_letter_exchange: str | None = Field(None, description="Defaults to '<queue>.dlx'.")
+    results_exchange: str | None = Field(
+        None,
+        description="Publish replies to this exchange (routing key: the request's reply_to, "
+        "else the model name) instead of the default exchange.",
+    )
 
     # --- pipeline -----------------------------------------------------------------------
     stage: str | None = Field(None, description="Serve pipeline stage I/K of a split model.")
+    pipeline: Path | None = Field(
+        None,
+        description="Pipeline manifest written by `podserve split` (needed with --stage; "
+        "stage 0 or 'entry' is the coordinator users call).",
+    )
+    pipeline_stages: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The entry's stage addresses, host:port of each stage's gRPC port, in order.",
+    )
+    pipeline_micro_batch: int = Field(
+        4, ge=0, description="Rows per micro-batch the entry sends through the stages; 0 = off."
+    )
+    pipeline_inflight: int = Field(
+        4, ge=1, description="Micro-batches in flight through the stages at once (1 = sequential)."
+    )
+    pipeline_wait_seconds: float = Field(
+        600.0, description="How long the entry waits at start-up for every stage to be ready."
+    )
+    pipeline_timeout_seconds: float = Field(
+        60.0, description="Deadline of one call from the entry to a stage."
+    )
 
     # --- logs ---------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["json", "text"] = Field("text", description="json for log collectors.")
 
+    @field_validator("pipeline_stages", mode="before")
+    @classmethod
+    def _split_stages(cls, value: Any) -> Any:
+        """``PODSERVE_PIPELINE_STAGES=stage-1:8081,stage-2:8081``."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
-        """``PODSERVE_MODELS=a,b:2`` as a ConfigMap would write it."""
+        """``PODSERVE_MODELS=a,b:2`` (or a JSON list) as a ConfigMap would write it."""
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 

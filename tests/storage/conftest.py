@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -50,3 +51,40 @@ def staged_open(staged: Path, open_tmp: Path) -> Path:
     for p in [root, *root.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     return root
+
+
+# --- pull / push: a real S3 endpoint (moto server over HTTP on loopback) ---------------------
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One moto S3 server for the session; tests use their own bucket."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.storage.transfer_servers import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+              ) -> str:  # fmt: skip
+    """A fresh bucket on the moto endpoint, with this process's AWS_* pointing at it."""
+    import re
+
+    import boto3
+
+    from tests.storage.transfer_servers import s3_env
+
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in s3_env(moto_endpoint).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") or "bucket"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

@@ -236,6 +236,10 @@ def tensor_from_raw(
 
 
 def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
+    if count * 4 > len(raw):  # checked before allocating: a huge shape must not cost memory
+        raise InvalidRequestError(
+            f"input '{name}': {count} BYTES items need at least {count * 4} bytes, got {len(raw)}"
+        )
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     pos, end = 0, len(view)

@@ -1,0 +1,1 @@
+"""Generated from proto/grpc_service.proto by `make proto`; do not edit."""

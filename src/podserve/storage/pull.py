@@ -1,0 +1,311 @@
+"""``podserve pull``: put one model version onto a volume, verified and atomic.
+
+The order of operations is the guarantee:
+
+1. a version already at ``<root>/<model>/<version>`` whose checksums match the source's is
+   verified and left alone (a restarted init container is a no-op);
+2. an exclusive ``flock`` on ``<root>/<model>/.pull-<version>.lock`` makes concurrent pulls
+   of the same version queue up; the loser finds the version present and verifies it;
+3. bytes go to ``<root>/<model>/.tmp-<version>/`` (a name readers ignore), are verified while
+   they stream (:mod:`podserve.storage.download`) and fsynced;
+4. one ``rename`` publishes the directory; a reader sees all of it or nothing.
+
+Interrupted pulls resume from the journal in the temporary directory. Archives are
+downloaded the same way, then extracted safely (:mod:`podserve.storage.archive`) and
+verified against the ``SHA256SUMS`` inside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from podserve.errors import IntegrityError, PermanentTransferError, RepositoryError
+from podserve.storage.archive import extract_archive
+from podserve.storage.download import (
+    JOURNAL,
+    FileJob,
+    Journal,
+    Reporter,
+    download,
+    fingerprint,
+    plan,
+    retrying,
+)
+from podserve.storage.integrity import (
+    SUMS_NAME,
+    check_listing,
+    check_pickle_free,
+    parse_sums,
+    verify_digests,
+)
+from podserve.storage.manifest import MANIFEST_NAME, parse_manifest
+from podserve.storage.names import check_model_name, check_version
+from podserve.storage.repository import ModelRepository
+from podserve.storage.sources.base import ARCHIVE_SUFFIXES, Source, SourceOptions, open_source
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_PART_SIZE = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PullResult:
+    path: Path
+    total_bytes: int
+    fetched_bytes: int  # 0 when already present; less than total when resumed
+    seconds: float
+    already_present: bool
+
+
+class _Quiet:
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+def split_destination(dest: Path) -> tuple[Path, str, str]:
+    """``ROOT/NAME/VERSION`` → (root, name, version), validated."""
+    version = check_version(dest.name)
+    name = check_model_name(dest.parent.name)
+    return dest.parent.parent, name, version
+
+
+def pull(
+    uri: str,
+    dest: Path,
+    *,
+    options: SourceOptions | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    part_size: int = DEFAULT_PART_SIZE,
+    reporter: Reporter | None = None,
+    force_sha256: bool = False,
+) -> PullResult:
+    """Pull the model version at ``uri`` into ``dest`` (``ROOT/NAME/VERSION``)."""
+    return asyncio.run(
+        pull_async(
+            uri, dest, options=options, concurrency=concurrency, part_size=part_size,
+            reporter=reporter, force_sha256=force_sha256,
+        )
+    )  # fmt: skip
+
+
+async def pull_async(
+    uri: str,
+    dest: Path,
+    *,
+    options: SourceOptions | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    part_size: int = DEFAULT_PART_SIZE,
+    reporter: Reporter | None = None,
+    force_sha256: bool = False,
+) -> PullResult:
+    root, name, version = split_destination(dest)
+    dest = root / name / version
+    rep: Reporter = reporter or _Quiet()
+    started = time.perf_counter()
+    source = open_source(uri, options)
+    try:
+        if dest.exists():
+            return await _already_present(source, root, name, version, started, rep)
+        model_dir = root / name
+        try:
+            model_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RepositoryError(f"cannot create {model_dir}: {exc.strerror}") from None
+        lock_fd = await _lock(model_dir / f".pull-{version}.lock", rep, f"{name}/{version}")
+        try:
+            if dest.exists():  # another pull published it while we waited
+                return await _already_present(source, root, name, version, started, rep)
+            tmp = model_dir / f".tmp-{version}"
+            tmp.mkdir(exist_ok=True)
+            data = tmp / "data"
+            try:
+                if source.is_archive():
+                    fetched, total = await _pull_archive(
+                        source, tmp, data, concurrency, part_size, rep
+                    )
+                else:
+                    fetched, total = await _pull_files(
+                        source, tmp, data, concurrency, part_size, rep, force_sha256
+                    )
+            except BaseException:
+                if not (tmp / JOURNAL).exists():  # nothing worth resuming: leave no trace
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            _publish(data, dest, tmp)
+            rep.finish()
+            return PullResult(dest, total, fetched, time.perf_counter() - started, False)
+        finally:
+            os.close(lock_fd)
+    finally:
+        await source.close()
+
+
+async def _already_present(
+    source: Source, root: Path, name: str, version: str, started: float, rep: Reporter
+) -> PullResult:
+    dest = root / name / version
+    if not source.is_archive():
+        remote = parse_sums((await retrying(lambda: source.read_bytes(SUMS_NAME), rep)).decode("utf-8"),
+                            source.join(SUMS_NAME))  # fmt: skip
+        try:
+            local = parse_sums((dest / SUMS_NAME).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            local = {}
+        if local != remote:
+            raise IntegrityError(
+                f"{dest} already exists with other content than {source.describe()}; "
+                "versions are immutable: publish a new version number or remove this one"
+            )
+    mv = await asyncio.to_thread(ModelRepository(root).verify, name, version)
+    rep.message(f"{dest} already present and verified; nothing to do")
+    return PullResult(dest, mv.listing.total_bytes, 0, time.perf_counter() - started, True)
+
+
+async def _lock(path: Path, rep: Reporter, what: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        rep.message(f"another pull of {what} is running; waiting for it")
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+    return fd
+
+
+async def _pull_files(
+    source: Source, tmp: Path, data: Path, concurrency: int, part_size: int, rep: Reporter,
+    force_sha256: bool,
+) -> tuple[int, int]:  # fmt: skip
+    sums_bytes = await retrying(lambda: source.read_bytes(SUMS_NAME), rep)
+    manifest_bytes = await retrying(lambda: source.read_bytes(MANIFEST_NAME), rep)
+    sums = parse_sums(sums_bytes.decode("utf-8"), source.join(SUMS_NAME))
+    manifest = parse_manifest(manifest_bytes.decode("utf-8"), source.join(MANIFEST_NAME))
+    for rel in sums:
+        check_pickle_free(Path(rel), manifest)  # refuse before downloading, not after
+    for rel in manifest.files:
+        if rel not in sums:
+            raise IntegrityError(f"{source.join(MANIFEST_NAME)}: {rel} not in {SUMS_NAME}")
+    sizes = await retrying(lambda: source.sizes(sorted(sums)), rep)
+    jobs: list[FileJob] = []
+    for rel in sorted(sums, key=lambda n: -sizes[n]):  # big files first: they take longest
+        entry = manifest.files.get(rel)
+        if entry is not None and entry.size != sizes[rel]:
+            raise IntegrityError(
+                f"{rel}: size mismatch: {sizes[rel]} bytes at {source.describe()}, "
+                f"{entry.size} in the manifest; nothing was published"
+            )
+        if entry is not None and entry.blake3 and not force_sha256:
+            algo, expected = "blake3", entry.blake3
+        else:
+            algo, expected = "sha256", sums[rel]
+        jobs.append(FileJob(rel, data / rel, sizes[rel], algo, expected))  # type: ignore[arg-type]
+    fp = fingerprint(source.describe(), sums_bytes, manifest_bytes, part_size, source.ranged)
+    return await _run(source, tmp, jobs, fp, concurrency, part_size, rep, data,
+                      [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)])  # fmt: skip
+
+
+async def _pull_archive(
+    source: Source, tmp: Path, data: Path, concurrency: int, part_size: int, rep: Reporter
+) -> tuple[int, int]:
+    size = (await retrying(lambda: source.sizes([""]), rep))[""]
+    lower = source.uri.split("?", 1)[0].lower()
+    suffix = next(s for s in ARCHIVE_SUFFIXES if lower.endswith(s))
+    archive = tmp / f"archive{suffix}"
+    job = FileJob("", archive, size)
+    fp = fingerprint(source.describe(), size, part_size, source.ranged)
+    fetched, _ = await _run(source, tmp, [job], fp, concurrency, part_size, rep, None, [])
+    rep.message(f"extracting {source.describe()}")
+    shutil.rmtree(data, ignore_errors=True)
+    await asyncio.to_thread(extract_archive, archive, data, source.describe())
+    manifest_text = (
+        (data / MANIFEST_NAME).read_text(encoding="utf-8")
+        if (data / MANIFEST_NAME).exists()
+        else ""
+    )
+    if not manifest_text:
+        raise IntegrityError(f"{source.describe()}: the archive has no {MANIFEST_NAME}")
+    manifest = parse_manifest(manifest_text, f"{source.describe()}:{MANIFEST_NAME}")
+    listing = check_listing(data, manifest)
+    await asyncio.to_thread(verify_digests, listing)
+    await asyncio.to_thread(_fsync_tree, data)
+    archive.unlink()
+    return fetched, listing.total_bytes
+
+
+async def _run(
+    source: Source, tmp: Path, jobs: list[FileJob], fp: str, concurrency: int, part_size: int,
+    rep: Reporter, data: Path | None, small: list[tuple[str, bytes]],
+) -> tuple[int, int]:  # fmt: skip
+    total = sum(j.size for j in jobs)
+    for attempt in (1, 2):
+        journal = Journal(tmp, fp)
+        try:
+            kept = plan(jobs, part_size, source.ranged, journal)
+            _check_space(tmp, total - kept)
+            if kept:
+                rep.message(f"resuming: {kept / 1e6:.1f} MB already downloaded")
+            rep.start(total, kept)
+            try:
+                await download(source, jobs, journal, concurrency=concurrency, reporter=rep)
+            except IntegrityError:
+                # A resumed file may have been torn by a crash: fetch it once more, fully.
+                if attempt == 2 or not any(j.resumed for j in jobs):
+                    raise
+                rep.message("checksum mismatch on resumed data; downloading it again")
+                continue
+            if data is not None:
+                for name, content in small:
+                    (data / name).write_bytes(content)
+                manifest = parse_manifest((data / MANIFEST_NAME).read_text(encoding="utf-8"))
+                check_listing(data, manifest)  # nothing unlisted, nothing missing
+                await asyncio.to_thread(_fsync_tree, data)
+            return total - kept, total
+        finally:
+            journal.close()
+    raise AssertionError("unreachable")
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise PermanentTransferError(
+            f"not enough space on {directory}: {needed / 1e9:.2f} GB needed, "
+            f"{free / 1e9:.2f} GB free"
+        )
+
+
+def _fsync_tree(directory: Path) -> None:
+    for dirpath, _, filenames in os.walk(directory):
+        for fname in filenames:
+            fd = os.open(os.path.join(dirpath, fname), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(data: Path, dest: Path, tmp: Path) -> None:
+    """Rename into place; if someone else published meanwhile, keep theirs."""
+    try:
+        os.rename(data, dest)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise RepositoryError(f"cannot publish {dest}: {exc.strerror}") from None
+    _fsync_dir(dest.parent)
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,158 @@
+"""kube/policy.py: each rule catches the mistake it exists for, on a real rendered set."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from podserve.kube import policy, render
+from podserve.settings import Settings
+
+Obj = dict[str, Any]
+
+
+@pytest.fixture
+def objects() -> list[Obj]:
+    config = render.RenderConfig.model_validate(
+        {
+            "model": "minilm",
+            "image": "example.org/podserve:1",
+            "storage": {"pvc": "models"},
+            "queue": "minilm-requests",
+        }
+    )
+    return render.render(config)
+
+
+def kind(objects: list[Obj], wanted: str, index: int = 0) -> Obj:
+    return [o for o in objects if o["kind"] == wanted][index]
+
+
+def server(objects: list[Obj]) -> Obj:
+    container: Obj = kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_rendered_set_is_clean(objects: list[Obj]) -> None:
+    assert policy.check(objects) == []
+
+
+def _writable_model(o: list[Obj]) -> None:
+    server(o)["volumeMounts"][0]["readOnly"] = False
+
+
+def _writable_claim(o: list[Obj]) -> None:
+    kind(o, "Deployment")["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"].pop(
+        "readOnly"
+    )
+
+
+def _root(o: list[Obj]) -> None:
+    kind(o, "Deployment")["spec"]["template"]["spec"]["securityContext"].pop("runAsNonRoot")
+
+
+def _writable_root_fs(o: list[Obj]) -> None:
+    server(o)["securityContext"]["readOnlyRootFilesystem"] = False
+
+
+def _no_tmp(o: list[Obj]) -> None:
+    server(o)["volumeMounts"] = [m for m in server(o)["volumeMounts"] if m["mountPath"] != "/tmp"]
+
+
+def _probe_elsewhere(o: list[Obj]) -> None:
+    server(o)["livenessProbe"]["httpGet"]["path"] = "/healthz"
+
+
+def _ready_as_liveness(o: list[Obj]) -> None:
+    server(o)["livenessProbe"]["httpGet"]["path"] = "/v2/health/ready"
+
+
+def _no_startup_probe(o: list[Obj]) -> None:
+    server(o).pop("startupProbe")
+
+
+def _probe_grpc_port(o: list[Obj]) -> None:
+    server(o)["readinessProbe"]["httpGet"]["port"] = "grpc"
+
+
+def _short_grace(o: list[Obj]) -> None:
+    kind(o, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 30
+
+
+def _longer_drain(o: list[Obj]) -> None:
+    kind(o, "ConfigMap")["data"]["PODSERVE_DRAIN_TIMEOUT_SECONDS"] = "60"
+
+
+def _other_queue(o: list[Obj]) -> None:
+    kind(o, "ScaledObject")["spec"]["triggers"][0]["metadata"]["queueName"] = "other"
+
+
+def _amqp(o: list[Obj]) -> None:
+    kind(o, "ScaledObject")["spec"]["triggers"][0]["metadata"]["protocol"] = "amqp"
+
+
+def _scales_the_server(o: list[Obj]) -> None:
+    kind(o, "ScaledObject")["spec"]["scaleTargetRef"]["name"] = "podserve-minilm"
+
+
+def _scales_nothing(o: list[Obj]) -> None:
+    kind(o, "ScaledObject")["spec"]["scaleTargetRef"]["name"] = "gone"
+
+
+MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], str]] = {
+    "model mount writable": (_writable_model, "must be mounted readOnly"),
+    "claim writable": (_writable_claim, "readOnly: true"),
+    "root user allowed": (_root, "runAsNonRoot"),
+    "root fs writable": (_writable_root_fs, "readOnlyRootFilesystem"),
+    "no scratch": (_no_tmp, "writable emptyDir"),
+    "probe on a non-route": (_probe_elsewhere, "not a server route"),
+    "liveness on ready": (_ready_as_liveness, "must probe the live endpoint"),
+    "no startup probe": (_no_startup_probe, "startupProbe missing"),
+    "probe on grpc port": (_probe_grpc_port, "not the HTTP port"),
+    "grace too short": (_short_grace, "terminationGracePeriodSeconds 30"),
+    "drain longer than grace": (_longer_drain, "drain timeout 60"),
+    "queue mismatch": (_other_queue, "not the queue the worker consumes"),
+    "amqp protocol": (_amqp, "protocol: http"),
+    "scales the server": (_scales_the_server, "runs no `podserve worker`"),
+    "scales nothing": (_scales_nothing, "not in the manifest set"),
+}
+
+
+@pytest.mark.parametrize("name", MUTATIONS)
+def test_policy_catches(objects: list[Obj], name: str) -> None:
+    mutate, message = MUTATIONS[name]
+    broken = copy.deepcopy(objects)
+    mutate(broken)
+    problems = policy.check(broken)
+    assert any(message in p for p in problems), problems
+
+
+def test_grace_uses_the_settings_defaults_when_unset(objects: list[Obj]) -> None:
+    data = kind(objects, "ConfigMap")["data"]
+    del data["PODSERVE_DRAIN_TIMEOUT_SECONDS"], data["PODSERVE_DRAIN_GRACE_SECONDS"]
+    pod = kind(objects, "Deployment")["spec"]["template"]["spec"]
+    fields = Settings.model_fields
+    needed = 5 + fields["drain_grace_seconds"].default + fields["drain_timeout_seconds"].default
+    pod["terminationGracePeriodSeconds"] = int(needed)
+    assert any("must exceed" in p for p in policy.check(objects))
+    pod["terminationGracePeriodSeconds"] = int(needed) + 1
+    assert policy.check(objects) == []
+
+
+@pytest.mark.parametrize(
+    ("container", "queue"),
+    [
+        ({"command": ["podserve", "worker"], "args": ["--queue", "a"]}, "a"),
+        ({"command": ["podserve", "worker"], "args": ["--queue=b"]}, "b"),
+        (
+            {"command": ["podserve", "worker"], "env": [{"name": "PODSERVE_QUEUE", "value": "c"}]},
+            "c",
+        ),
+        ({"command": ["podserve", "worker"], "envFrom": [{"configMapRef": {"name": "cm"}}]}, "d"),
+    ],
+)
+def test_worker_queue_sources(container: Obj, queue: str) -> None:
+    assert policy.worker_queue(container, {"cm": {"PODSERVE_QUEUE": "d"}}) == queue
