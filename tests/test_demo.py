@@ -23,7 +23,8 @@ from podserve.storage.repository import ModelRepository
 def test_manifests_are_valid() -> None:
     manifest = Manifest.model_validate(demo_manifest())
     assert manifest.runtime == "transformers"
-    assert manifest.inputs[0].datatype == "BYTES" and manifest.inputs[0].shape == ()
+    assert manifest.inputs[0].datatype == "BYTES"
+    assert manifest.inputs[0].shape == ()
     assert manifest.outputs[0].shape == (384,)
     assert manifest.max_batch_size == 32
     assert Manifest.model_validate(onnx_demo_manifest()).runtime == "onnx"

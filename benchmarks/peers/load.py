@@ -41,7 +41,9 @@ def _wrk(url: str, body: Path, conns: int, seconds: float) -> tuple[dict, float]
     return json.loads(line[6:]), usage.ru_utime + usage.ru_stime
 
 
-def measure(server: Server, url: str, body: Path, conns: int, warmup: float, duration: float) -> dict:
+def measure(
+    server: Server, url: str, body: Path, conns: int, warmup: float, duration: float
+) -> dict:
     """One warm-up then one measured run; numbers of the measured run."""
     if warmup > 0:
         _wrk(url, body, conns, warmup)
@@ -61,4 +63,6 @@ def measure(server: Server, url: str, body: Path, conns: int, warmup: float, dur
         "seconds": secs,
         "client_cores": client_cpu / secs,
         "server_cores": server_cpu / secs,
+        # other work on the machine shows here: the two cores are shared
+        "loadavg_1m": os.getloadavg()[0],
     }

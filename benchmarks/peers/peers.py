@@ -38,7 +38,13 @@ VERSION_OF = {
     "podserve": "podserve",
 }
 # Peers without an in-process dynamic batcher run with batching off only.
-HAS_BATCHER = {"podserve": True, "triton": True, "mlserver": True, "kserve": False, "fastapi": False}
+HAS_BATCHER = {
+    "podserve": True,
+    "triton": True,
+    "mlserver": True,
+    "kserve": False,
+    "fastapi": False,
+}
 
 
 def base_python() -> Path:
@@ -124,9 +130,13 @@ def launch(peer: str, setup: Setup, threads: int, batching: bool, port: int) -> 
     venv = setup.scratch / f"venv-{peer}"
     py = str(venv / "bin" / "python")
     if peer == "fastapi":
-        return Launch([py, str(SERVERS / "fastapi_echo.py"), str(port)], _env(setup, threads, False), port)
+        return Launch(
+            [py, str(SERVERS / "fastapi_echo.py"), str(port)], _env(setup, threads, False), port
+        )
     if peer == "kserve":
-        return Launch([py, str(SERVERS / "kserve_server.py"), str(port)], _env(setup, threads, False), port)
+        return Launch(
+            [py, str(SERVERS / "kserve_server.py"), str(port)], _env(setup, threads, False), port
+        )
     if peer == "triton":
         ld = libpython_dir() + ":" + os.environ.get("LD_LIBRARY_PATH", "")
         env = _env(setup, threads, batching, {"LD_LIBRARY_PATH": ld.rstrip(":")})
@@ -182,16 +192,46 @@ def stage_podserve(setup: Setup, threads: int) -> Path:
     stage = [str(setup.podserve), "stage"]
     mb = ["--max-batch-size", str(setup.max_batch)]
     subprocess.run(
-        [*stage, str(src), str(root / "identity" / "1"), "--runtime", "python", *mb,
-         "--input", "x:FP32:384", "--output", "y:FP32:384", "--option", "module=model.py:Identity"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    ins = [a for n in ("input_ids", "attention_mask", "token_type_ids") for a in ("--input", f"{n}:INT64:-1")]
+        [
+            *stage,
+            str(src),
+            str(root / "identity" / "1"),
+            "--runtime",
+            "python",
+            *mb,
+            "--input",
+            "x:FP32:384",
+            "--output",
+            "y:FP32:384",
+            "--option",
+            "module=model.py:Identity",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ins = [
+        a
+        for n in ("input_ids", "attention_mask", "token_type_ids")
+        for a in ("--input", f"{n}:INT64:-1")
+    ]
     subprocess.run(
-        [*stage, str(setup.minilm), str(root / "minilm" / "1"), "--runtime", "onnx", *mb, *ins,
-         "--output", "last_hidden_state:FP32:-1,384", "--option", f"intra_op_threads={threads}",
-         "--option", "inter_op_threads=1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            *stage,
+            str(setup.minilm),
+            str(root / "minilm" / "1"),
+            "--runtime",
+            "onnx",
+            *mb,
+            *ins,
+            "--output",
+            "last_hidden_state:FP32:-1,384",
+            "--option",
+            f"intra_op_threads={threads}",
+            "--option",
+            "inter_op_threads=1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     stamp.write_text(want)
     return root

@@ -82,9 +82,13 @@ class Server:
         self.log_path = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         self._known: set[int] = {self.proc.pid}
 
     def tree(self) -> list[int]:

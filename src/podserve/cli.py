@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "podserve.storage.transfer_command",  # pull, push
     "podserve.autoscale.command",  # plan
     "podserve.protocol.queue.command",  # worker, submit
+    "podserve.runtime.command",  # devices
+    "podserve.pipeline.command",  # split
 ]
 
 

@@ -29,6 +29,7 @@ from podserve.errors import (
     PodserveError,
 )
 from podserve.protocol.v2 import InferRequest, InferResponse, InferTensor, to_datatype
+from podserve.runtime.memory import apply_plan, plan_memory
 from podserve.runtime.model import Model
 from podserve.settings import Settings
 from podserve.storage.manifest import Manifest, TensorSpec
@@ -131,7 +132,13 @@ class DataPlane:
     async def load(self, name: str, version: str | None = None) -> ServedModel:
         """Verify, load and warm up one model; failures leave it ``failed`` with the reason."""
         served = self.models.get(name)
-        if served is None or served.state in ("unloaded", "failed", "stopped"):
+        if served is not None and served.state in ("ready", "draining") and (
+            version is None or version == served.version
+        ):
+            return served  # already serving: loading again would orphan its batcher
+        if served is None or served.state in ("unloaded", "failed", "stopped", "ready"):
+            if served is not None and served.batcher is not None:
+                await self.unload(name)  # a different version was asked for
             served = self.models[name] = ServedModel(name, version)
         self._set_model_state(served, "loading")
         try:
@@ -157,7 +164,9 @@ class DataPlane:
             max_queue_delay_s=delay_ms / 1000.0,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             max_queue_size=batching.max_queue_size or s.max_queue_size,
+            inline_below_s=s.inline_infer_us / 1e6,
         )  # fmt: skip
+        apply_plan(name, model, served.batcher, served.extra_metadata)  # memory: cap, budget
         served.batcher.start()
         served.loaded_at = time.time()
         metrics.MODEL_LOAD_SECONDS.labels(model=name, version=mv.version).set(model.report.seconds)
@@ -192,6 +201,7 @@ class DataPlane:
             raise ModelNotReadyError(
                 f"model '{name}' warm-up returned no output {', '.join(missing)}"
             )
+        model.report.details["memory_plan"] = plan_memory(model)  # GPU: probe → batch cap
         log.info("model %s version %s loaded in %.2fs (%d bytes, verified: %s)", name,
                  mv.version, time.monotonic() - started, model.report.bytes_read,
                  model.report.verified)  # fmt: skip

@@ -7,7 +7,11 @@ module-global because a process serves one data plane; tests read values through
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -65,6 +69,60 @@ OOM_SPLITS = Counter(
     "podserve_oom_splits_total", "Batches split in halves after running out of memory.",
     ["model"], registry=REGISTRY,
 )  # fmt: skip
+
+MEMORY_BUDGET = Gauge(
+    "podserve_memory_budget_bytes", "Device memory budget (free at start x memory_fraction).",
+    ["model"], registry=REGISTRY,
+)  # fmt: skip
+MEMORY_PER_SAMPLE = Gauge(
+    "podserve_memory_per_sample_bytes", "Probed device memory one more sample of a batch costs.",
+    ["model"], registry=REGISTRY,
+)  # fmt: skip
+
+
+class DeviceCollector:
+    """Per-device memory and utilisation from NVML, read at scrape time (nothing without GPU).
+
+    NVML answers in microseconds and needs no CUDA context; a machine without the driver is
+    asked once and then never again.
+    """
+
+    def __init__(self) -> None:
+        self._absent = False
+
+    def describe(self) -> list[Any]:
+        return []  # no NVML call when the collector is registered
+
+    def collect(self) -> Iterator[Any]:
+        if self._absent:
+            return
+        from podserve.runtime.devices import inventory
+
+        inv = inventory()
+        if inv.source == "none":
+            self._absent = True
+            return
+        labels = ["device", "uuid", "name"]
+        families = {
+            "used": GaugeMetricFamily("podserve_device_memory_used_bytes",
+                                      "Device memory in use (all processes), from NVML.",
+                                      labels=labels),
+            "total": GaugeMetricFamily("podserve_device_memory_total_bytes",
+                                       "Device memory, from NVML.", labels=labels),
+            "util": GaugeMetricFamily("podserve_device_utilization_ratio",
+                                      "Share of the last sample period a kernel ran (NVML; "
+                                      "absent for MIG instances).", labels=labels),
+        }  # fmt: skip
+        for d in inv.devices:
+            values = [f"cuda:{d.index}", d.uuid, d.name]
+            families["used"].add_metric(values, d.memory_used)
+            families["total"].add_metric(values, d.memory_total)
+            if d.utilization is not None:
+                families["util"].add_metric(values, d.utilization)
+        yield from families.values()
+
+
+REGISTRY.register(DeviceCollector())  # type: ignore[arg-type]
 
 # --- queue worker (batch sizes are the batcher's BATCH_SIZE) --------------------------------
 QUEUE_CONSUMED = Counter(

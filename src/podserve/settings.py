@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(
         4096, description="Requests waiting per model before new ones get 503/UNAVAILABLE."
     )
+    inline_infer_us: float = Field(
+        50.0,
+        ge=0,
+        description="Run a model's batches on the event loop, without the hand-off to its "
+        "inference thread, while they measure under this many microseconds; 0 = always hand off.",
+    )
 
     # --- lifecycle ----------------------------------------------------------------------
     drain_grace_seconds: float = Field(

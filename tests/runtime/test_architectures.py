@@ -115,7 +115,8 @@ def test_a_stage_reads_only_its_byte_ranges(tmp_path: Path) -> None:
         hidden = stages[0].run_layers(stages[0].embed(ids, mask), mask)
         out = stages[1].final(stages[1].run_layers(hidden, mask))
         assert torch.equal(out, whole(ids, mask))
-    assert stages[0].wte is not None and stages[1].wte is None
+    assert stages[0].wte is not None
+    assert stages[1].wte is None
     with pytest.raises(AttributeError):
         stages[1].layer(0)
 

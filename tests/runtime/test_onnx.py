@@ -25,7 +25,8 @@ def test_int8_embeddings_agree_with_fp32(demo_root: Path, strategy: str) -> None
     fp32 = load(demo_root, "minilm")
     a = onnx.infer({"text": _texts(SENTENCES)})["embedding"]
     b = fp32.infer({"text": _texts(SENTENCES)})["embedding"]
-    assert a.shape == (len(SENTENCES), 384) and a.dtype == np.float32
+    assert a.shape == (len(SENTENCES), 384)
+    assert a.dtype == np.float32
     cosine = (a * b).sum(axis=1)  # both are normalised
     assert cosine.min() > 0.99, cosine
     assert onnx.report.verified == "blake3"

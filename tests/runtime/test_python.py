@@ -108,5 +108,5 @@ def test_broken_user_code_is_reported(tmp_path: Path) -> None:
         load(tmp_path / "repo", "s")
     stage_model({"bad.py": src}, tmp_path / "repo" / "n" / "1",
                 {**MANIFEST, "options": {"module": "other.py:X"}})  # fmt: skip
-    with pytest.raises(ManifestError, match="other.py is not a file of"):
+    with pytest.raises(ManifestError, match=r"other\.py is not a file of"):
         load(tmp_path / "repo", "n")

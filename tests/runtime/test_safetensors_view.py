@@ -57,7 +57,7 @@ def test_round_trip_is_exact_and_zero_copy(sample: tuple[Path, dict[str, torch.T
 
 
 def test_subset_and_unknown_name(sample: tuple[Path, dict[str, torch.Tensor]]) -> None:
-    path, expected = sample
+    path, _expected = sample
     data = np.fromfile(path, dtype=np.uint8)
     got = load_tensors(data, str(path), names=["e.i64"])
     assert list(got) == ["e.i64"]
@@ -71,7 +71,7 @@ def test_partial_read_by_ranges(sample: tuple[Path, dict[str, torch.Tensor]]) ->
     assert header.metadata == {"format": "pt"}
     assert header.file_size == path.stat().st_size
     ranges = header.ranges(["c.f16"])
-    offset, length = ranges["c.f16"]
+    _offset, length = ranges["c.f16"]
     assert length == 8 * 2
     names = ["b.bf16", "c.f16"]
     start, span = header.span(names)

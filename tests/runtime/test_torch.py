@@ -178,7 +178,7 @@ def test_pickled_weights_need_the_opt_in(tmp_path: Path) -> None:
     files = {"model.pt": src / "model.pt", "model.py": src / "model.py"}
     manifest = {**MANIFEST, "options": {**MANIFEST["options"], "weights": "model.pt"}}
     stage_model(files, tmp_path / "repo" / "pt" / "1", manifest)
-    with pytest.raises(UnsafeWeightsError, match="model.pt: .pt files are loaded by unpickling"):
+    with pytest.raises(UnsafeWeightsError, match=r"model\.pt: \.pt files are loaded by unpickling"):
         load(tmp_path / "repo", "pt")
     stage_model(files, tmp_path / "repo" / "ok" / "1", {**manifest, "allow_torch_load": True})
     model = load(tmp_path / "repo", "ok")

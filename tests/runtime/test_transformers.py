@@ -38,7 +38,8 @@ def test_demo_matches_sentence_transformers(
     model = load(demo_root, "minilm", read_strategy=strategy)
     assert isinstance(model, TransformersModel)
     out = model.infer({"text": _texts(SENTENCES)})["embedding"]
-    assert out.shape == (len(SENTENCES), 384) and out.dtype == np.float32
+    assert out.shape == (len(SENTENCES), 384)
+    assert out.dtype == np.float32
     np.testing.assert_allclose(out, reference, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     report = model.report
@@ -204,6 +205,6 @@ def test_unknown_task_is_a_manifest_error(tmp_path: Path, demo_root: Path) -> No
         "outputs": [{"name": "e", "datatype": "FP32", "shape": [384]}],
         "options": {"task": "translation"},
     })  # fmt: skip
-    with pytest.raises(ManifestError, match="invalid field 'options.task'"):
+    with pytest.raises(ManifestError, match=r"invalid field 'options\.task'"):
         load(tmp_path, "m")
     assert json.loads((src / "config.json").read_text())["model_type"] == "bert"

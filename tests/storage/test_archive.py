@@ -57,7 +57,8 @@ def test_tar_slip_refused_before_anything_is_written(
     with pytest.raises(IntegrityError, match=why):
         extract_archive(archive, dest)
     assert list(dest.iterdir()) == []  # checked before writing: nothing extracted
-    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
+    assert not (tmp_path / "evil.txt").exists()
+    assert not (tmp_path / "out" / "evil.txt").exists()
 
 
 def _zip(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
@@ -92,7 +93,7 @@ def test_zip_member_inflating_beyond_its_declared_size_refused(tmp_path: Path) -
     cd = raw.rfind(b"PK\x01\x02")
     raw[cd + 24 : cd + 28] = (10).to_bytes(4, "little")
     archive.write_bytes(bytes(raw))
-    with pytest.raises(IntegrityError, match="inflates beyond|not a readable archive"):
+    with pytest.raises(IntegrityError, match=r"inflates beyond|not a readable archive"):
         extract_archive(archive, tmp_path / "out")
 
 

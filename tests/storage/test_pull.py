@@ -67,11 +67,13 @@ def test_pull_from_s3_is_verified_atomic_and_idempotent(tmp_path: Path, s3_bucke
     push(src, f"s3://{s3_bucket}/m/1")
     dest = tmp_path / "models" / "m" / "1"
     first = pull(f"s3://{s3_bucket}/m/1", dest, part_size=MiB, concurrency=4)
-    assert not first.already_present and first.fetched_bytes == first.total_bytes
+    assert not first.already_present
+    assert first.fetched_bytes == first.total_bytes
     assert_same(dest, FILES)
     assert sorted(p.name for p in dest.parent.iterdir()) == [".pull-1.lock", "1"]
     again = pull(f"s3://{s3_bucket}/m/1", dest)
-    assert again.already_present and again.fetched_bytes == 0
+    assert again.already_present
+    assert again.fetched_bytes == 0
 
 
 def test_checksum_mismatch_names_the_file_and_publishes_nothing(
@@ -130,7 +132,8 @@ def test_s3_not_found_is_a_clear_permanent_error(tmp_path: Path, s3_bucket: str,
     result = run_cli("pull", f"s3://{s3_bucket}/nope/1", str(tmp_path / "models" / "m" / "1"),
                      env=s3_env(moto_endpoint))  # fmt: skip
     assert result.returncode == PermanentTransferError.exit_code
-    assert "not found (404)" in result.stderr and "nope/1/SHA256SUMS" in result.stderr
+    assert "not found (404)" in result.stderr
+    assert "nope/1/SHA256SUMS" in result.stderr
 
 
 def test_wrong_credentials_are_denied_and_never_printed(tmp_path: Path) -> None:
@@ -186,7 +189,8 @@ def test_credentials_dir_is_used(tmp_path: Path, s3_bucket: str, moto_endpoint: 
     env["PODSERVE_S3_CREDENTIALS_DIR"] = str(creds)
     ok = run_cli("pull", f"s3://{s3_bucket}/m/1", str(dest), env=env)
     assert ok.returncode == 0, ok.stderr
-    assert "verified" in ok.stdout and "MB to transfer" in ok.stderr  # log lines, not a TTY
+    assert "verified" in ok.stdout
+    assert "MB to transfer" in ok.stderr
     assert_same(dest, FILES)
 
 
@@ -239,16 +243,30 @@ def test_concurrent_pulls_of_one_version(tmp_path: Path, s3_bucket: str,
     env = s3_env(moto_endpoint)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "podserve", "pull", f"s3://{s3_bucket}/m/1", str(dest),
-             "--part-size-mb", "2", "--progress", "log"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "podserve",
+                "pull",
+                f"s3://{s3_bucket}/m/1",
+                str(dest),
+                "--part-size-mb",
+                "2",
+                "--progress",
+                "log",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     stdout = "".join(o[0] for o in outs)
-    assert stdout.count("pulled ") == 1 and stdout.count("already present and verified") == 1
+    assert stdout.count("pulled ") == 1
+    assert stdout.count("already present and verified") == 1
     assert_same(dest, files)
     assert sorted(p.name for p in dest.parent.iterdir()) == [".pull-1.lock", "1"]
 
@@ -281,5 +299,8 @@ def test_names_and_pickles_are_refused(tmp_path: Path) -> None:
 def test_redact_hides_credentials_in_uris() -> None:
     uri = "https://user:pa55@host/m.tar?X-Amz-Signature=abc&X-Amz-Credential=k&v=1"
     shown = redact(uri)
-    assert "pa55" not in shown and "abc" not in shown and "=k" not in shown and "v=1" in shown
+    assert "pa55" not in shown
+    assert "abc" not in shown
+    assert "=k" not in shown
+    assert "v=1" in shown
     assert SourceOptions().credentials_dir is None

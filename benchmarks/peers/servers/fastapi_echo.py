@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 import sys
 
+import kernels
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request, Response
-
-import kernels
 
 app = FastAPI()
 session = kernels.minilm_session()
 
 
 @app.get("/v2/health/ready")
+@app.get("/v2/models/{name}/ready")
 async def ready() -> Response:
     return Response(status_code=200)
 
@@ -38,8 +38,7 @@ async def identity(request: Request) -> Response:
 async def minilm(request: Request) -> Response:
     body = json.loads(await request.body())
     feed = {
-        t["name"]: np.asarray(t["data"], dtype=np.int64).reshape(t["shape"])
-        for t in body["inputs"]
+        t["name"]: np.asarray(t["data"], dtype=np.int64).reshape(t["shape"]) for t in body["inputs"]
     }
     hidden = kernels.run_minilm(session, feed)
     out = {

@@ -44,9 +44,7 @@ def minilm_session() -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = intra_op()
     so.inter_op_num_threads = 1
-    return ort.InferenceSession(
-        os.environ["PEERS_MINILM"], so, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(os.environ["PEERS_MINILM"], so, providers=["CPUExecutionProvider"])
 
 
 def run_minilm(session: Any, feed: dict[str, np.ndarray]) -> np.ndarray:

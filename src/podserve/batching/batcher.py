@@ -77,6 +77,7 @@ class Batcher:
         max_queue_delay_s: float,
         preferred_batch_sizes: tuple[int, ...] = (),
         max_queue_size: int = 4096,
+        inline_below_s: float = 0.0,
     ) -> None:
         self.name = name
         self._infer = infer
@@ -86,6 +87,13 @@ class Batcher:
         self.max_queue_delay_s = max_queue_delay_s
         self.preferred = tuple(sorted(p for p in preferred_batch_sizes if p > 0))
         self.max_queue_size = max_queue_size
+        # A model whose batches take less than ``inline_below_s`` runs on the event loop: the
+        # hand-off to the inference thread (submit, wake-up, GIL ping-pong) costs more than
+        # the model then. Decided on measured compute times, never on a promise; 0 = never.
+        self._inline_below_s = inline_below_s
+        self._inline = False
+        self._runs = 0
+        self._compute_ema = 0.0
         self.stats = BatcherStats()
         self._heap: list[_Item] = []
         self._seq = itertools.count()
@@ -187,7 +195,9 @@ class Batcher:
                     await asyncio.wait([running])
                 continue
             batch = await self._form_batch()
-            if batch:
+            if batch and self._inline:  # cheap model: run here, no task, no thread hop
+                await self._execute(batch)
+            elif batch:
                 running = loop.create_task(self._execute(batch))
                 running.add_done_callback(lambda _t: self._wakeup.set())
 
@@ -247,16 +257,22 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self._inflight += len(batch)
         start = time.monotonic()
+        retry: list[list[_Item]] = []
         try:
             inputs = concat([i.inputs for i in batch])
             rows = sum(i.rows for i in batch)
-            outputs = await loop.run_in_executor(self._executor, self._run, inputs, rows)
+            if self._inline:
+                outputs = self._timed_run(inputs, rows)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._timed_run, inputs, rows)
             parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
             compute = time.monotonic() - start
             self._record(batch, rows, start, compute)
             for item, part in zip(batch, parts, strict=True):
                 if not item.future.done():
                     item.future.set_result(part)
+        except ResourceExhaustedError as exc:  # out of memory: retried below, outside `except`
+            retry = self._after_oom(batch, exc)
         except Exception as exc:  # the model raised: every request of the batch fails
             err = (
                 exc
@@ -273,6 +289,35 @@ class Batcher:
             self._inflight -= len(batch)
             if not self._heap and not self._inflight:
                 self._idle.set()
+        for part in retry:  # no await since the finally: drain() still sees them in flight
+            await self._execute(part)
+
+    def _after_oom(self, batch: list[_Item], exc: ResourceExhaustedError) -> list[list[_Item]]:
+        """The halves to retry with a lower cap, or [] when a lone request failed (400)."""
+        from podserve.runtime.memory import forget
+
+        forget(exc)  # the failed forward's frames hold its tensors; the halves need the memory
+        rows = sum(i.rows for i in batch)
+        if self.batched and rows > 1:
+            self.lower_cap(min(self.batch_cap, rows // 2))
+        if self.batched and len(batch) > 1:
+            metrics.OOM_SPLITS.labels(model=self.name).inc()
+            log.warning("model %s: batch of %d rows ran out of memory; retrying in halves, "
+                        "batch cap now %d", self.name, rows, self.batch_cap)  # fmt: skip
+            total, cut = 0, 1
+            while cut < len(batch) - 1 and total + batch[cut - 1].rows < rows / 2:
+                total += batch[cut - 1].rows
+                cut += 1
+            return [batch[:cut], batch[cut:]]
+        err = ResourceExhaustedError(
+            f"model '{self.name}': a request of {rows} row(s) does not fit in device memory "
+            f"even alone (batch cap {self.batch_cap}); send fewer rows per request ({exc})"
+        )
+        self.stats.fail += len(batch)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(err)
+        return []
 
     def _run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """On the inference thread: run the model and check what it returned."""
@@ -285,6 +330,25 @@ class Batcher:
                         f"{list(arr.shape)} for a batch of {rows}"
                     )
         return outputs
+
+    def _timed_run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """``_run``, timed to decide where the next batches run (see ``inline_below_s``)."""
+        t0 = time.perf_counter()
+        try:
+            return self._run(inputs, rows)
+        finally:
+            self._note_compute(time.perf_counter() - t0)
+
+    def _note_compute(self, seconds: float) -> None:
+        """Inline once 16 batches averaged under the bound; back to the thread after any slow
+        batch, so a model that turns slow blocks the loop at most once."""
+        limit = self._inline_below_s
+        if limit <= 0:
+            return
+        self._runs += 1
+        ema = self._compute_ema
+        self._compute_ema = ema = seconds if self._runs == 1 else ema + 0.1 * (seconds - ema)
+        self._inline = self._runs >= 16 and ema < limit and seconds < 4 * limit
 
     def _record(self, batch: list[_Item], rows: int, start: float, compute: float) -> None:
         s = self.stats

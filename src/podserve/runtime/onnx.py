@@ -32,6 +32,7 @@ from podserve.errors import (
 )
 from podserve.protocol.v2 import to_numpy_dtype
 from podserve.runtime.loading import VersionReader
+from podserve.runtime.memory import is_out_of_memory, oom_error
 from podserve.runtime.model import Model
 from podserve.runtime.placement import choose_device
 from podserve.runtime.text import (
@@ -131,6 +132,8 @@ class OnnxModel(Model):
         try:
             return list(self._session.run(names, feed))
         except Exception as exc:  # translated here: nothing above sees onnxruntime's types
+            if is_out_of_memory(exc):  # arena / CUDA allocation failure: the batcher splits
+                raise oom_error(exc, self.version.name) from None
             kind = type(exc).__name__
             if kind in ("InvalidArgument", "InvalidGraph"):
                 raise InvalidRequestError(f"{self.version.name}: {exc}") from None

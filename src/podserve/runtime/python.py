@@ -21,6 +21,7 @@ import numpy as np
 
 from podserve.errors import InferenceError, ManifestError, ModelDirectoryError, PodserveError
 from podserve.runtime.loading import VersionReader
+from podserve.runtime.memory import is_out_of_memory, oom_error
 from podserve.runtime.model import Model
 from podserve.runtime.placement import choose_device
 from podserve.runtime.usercode import load_class
@@ -61,6 +62,8 @@ class PythonModel(Model):
         except PodserveError:
             raise
         except Exception as exc:
+            if is_out_of_memory(exc):  # the batcher splits the batch and retries
+                raise oom_error(exc, self.version.name) from None
             raise InferenceError(f"{self.version.name}: {type(exc).__name__}: {exc}") from None
         if not isinstance(result, dict):
             raise InferenceError(f"infer returned {type(result).__name__}, not a dict of arrays")

@@ -131,4 +131,5 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarr
     pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
     if normalize:
         pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-    return pooled.astype(np.float32, copy=False)
+    out: np.ndarray = pooled.astype(np.float32, copy=False)
+    return out

@@ -31,6 +31,7 @@ from podserve.errors import (
 )
 from podserve.protocol.v2 import to_numpy_dtype
 from podserve.runtime.loading import VersionReader
+from podserve.runtime.memory import is_out_of_memory, oom_error
 from podserve.runtime.model import Model
 from podserve.runtime.placement import choose_device
 from podserve.runtime.state_dict import read_state_dict, weight_files
@@ -89,6 +90,8 @@ class TorchModel(Model):
         except torch.OutOfMemoryError as exc:
             raise ResourceExhaustedError(f"out of memory: {exc}") from None
         except Exception as exc:
+            if is_out_of_memory(exc):  # e.g. the CPU allocator's RuntimeError
+                raise oom_error(exc, self.version.name) from None
             raise InferenceError(f"{self.version.name}: forward failed: {exc}") from None
         return self._outputs(result)
 

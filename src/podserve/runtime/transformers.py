@@ -39,6 +39,7 @@ from podserve.errors import (
 )
 from podserve.runtime.architectures import find_architecture
 from podserve.runtime.loading import VersionReader
+from podserve.runtime.memory import is_out_of_memory, oom_error
 from podserve.runtime.model import Model
 from podserve.runtime.placement import choose_device
 from podserve.runtime.state_dict import read_state_dict
@@ -153,6 +154,8 @@ class TransformersModel(Model):
                 f"out of memory running {len(texts)} items: {exc}"
             ) from None
         except RuntimeError as exc:
+            if is_out_of_memory(exc):  # e.g. the CPU allocator's RuntimeError
+                raise oom_error(exc, self.version.name) from None
             raise InferenceError(f"{self.version.name}: inference failed: {exc}") from None
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor, lead: tuple[int, ...]) -> np.ndarray:
@@ -221,7 +224,8 @@ def _transformers_module(
             if task == "embedding"
             else transformers.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
         )
-        model_class = mapping[type(hf_config)]
+        found: Any = mapping[type(hf_config)]
+        model_class: Any = next(c for c in found if c) if isinstance(found, tuple) else found
         # pretrained path None + state_dict: transformers reads no file itself.
         module, info = model_class.from_pretrained(
             None, config=hf_config, state_dict=tensors, output_loading_info=True
@@ -237,4 +241,5 @@ def _transformers_module(
             "(a checkpoint of another architecture or task?)"
         )
     module.eval()
-    return module
+    result: torch.nn.Module = module
+    return result

@@ -120,3 +120,31 @@ def test_live_answers_fast_while_a_slow_batch_runs_and_queue_timeout(server: Ser
     assert isinstance(err, InferenceServerException)
     assert err.status() == "504"
     assert "timed out" in str(err.message())
+
+
+@pytest.mark.slow
+def test_stop_finishes_inflight_requests_then_refuses(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    srv = make_server(refs=[("slow", None)])
+    x = np.full((1, 1), 3.0, np.float32)
+    results: list[object] = []
+
+    def call() -> None:
+        tensor = httpclient.InferInput("INPUT0", [1, 1], "FP32")
+        tensor.set_data_from_numpy(x)
+        client = httpclient.InferenceServerClient(srv.url, network_timeout=30)
+        results.append(client.infer("slow", [tensor]).as_numpy("OUTPUT0"))
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    time.sleep(0.3)
+    assert srv.server is not None
+    server = srv.server
+    started = time.monotonic()
+    srv.call(server.stop)
+    assert time.monotonic() - started > 1.0, "stop() returned before the request finished"
+    worker.join(10)
+    np.testing.assert_array_equal(results[0], x)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{server.port}/v2/health/live", timeout=2)

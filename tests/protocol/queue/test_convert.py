@@ -75,8 +75,8 @@ def test_decode_request_refuses_what_cannot_be_served() -> None:
         convert.decode_request(incoming(request(1), headers={"model": "x"}), {"m"}, 1 << 20)
     with pytest.raises(InvalidRequestError, match="max_body_bytes"):
         convert.decode_request(incoming(request(1)), {"m"}, 10)
+    msg = incoming(request(1), headers={"inference-header-content-length": 10**6})
     with pytest.raises(InvalidRequestError, match="inference-header-content-length"):
-        msg = incoming(request(1), headers={"inference-header-content-length": 10**6})
         convert.decode_request(msg, {"m"}, 1 << 20)
 
 

@@ -155,10 +155,10 @@ async def test_forced_connection_close_while_consuming_recovers(
     pids = await asyncio.to_thread(_connection_pids, f"podserve-worker {topo.queue}")
     n = 400  # ~5 s of work: 50 batches of 8
     ids = [await client.publish(MODEL, request(i)) for i in range(n)]
-    await wait_for(lambda: len(client._answered) >= 20, 20)
+    await wait_for(lambda: client.answered >= 20, 20)
     await asyncio.to_thread(_close_connections, pids)
     await wait_for(lambda: worker.reconnects == 1, 20)
-    assert len(client._answered) < n, "the close came too late to test anything"
+    assert client.answered < n, "the close came too late to test anything"
     replies = await asyncio.gather(*(client.result(cid, 60) for cid in ids))
     for i, reply in enumerate(replies):
         check_reply(i, reply)

@@ -34,10 +34,10 @@ async def test_kill_9_mid_batch_a_second_worker_finishes_nothing_lost(
     await first.wait_ready()
     n = 120
     ids = [await client.publish(MODEL, request(i)) for i in range(n)]
-    await wait_for(lambda: len(client._answered) >= 16, 30)
+    await wait_for(lambda: client.answered >= 16, 30)
     first.proc.send_signal(signal.SIGKILL)
     assert first.proc.wait(10) == -signal.SIGKILL
-    done_by_first = len(client._answered)
+    done_by_first = client.answered
     assert done_by_first < n
 
     second = worker_processes(delay_s=0.15)
@@ -58,10 +58,10 @@ async def test_sigterm_under_load_exits_0_and_replies_exactly_once(
     await first.wait_ready()
     n = 120
     ids = [await client.publish(MODEL, request(i)) for i in range(n)]
-    await wait_for(lambda: len(client._answered) >= 16, 30)
+    await wait_for(lambda: client.answered >= 16, 30)
     first.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(first.proc.wait, 30) == 0, first.output()
-    assert len(client._answered) < n
+    assert client.answered < n
     assert "stopped consuming" in first.output()
 
     second = worker_processes(delay_s=0.15)

@@ -146,6 +146,11 @@ class QueueClient:
         self._pending: dict[str, asyncio.Future[QueueReply]] = {}
         self._answered: set[str] = set()
 
+    @property
+    def answered(self) -> int:
+        """Requests that got their (first) reply."""
+        return len(self._answered)
+
     async def __aenter__(self) -> QueueClient:
         await self.connect()
         return self

@@ -152,7 +152,8 @@ class QueueWorker:
     # --- consume only while the data plane is ready ------------------------------------------
 
     def _on_state_change(self, _model: str, _state: str) -> None:
-        self._schedule_reconcile()
+        if self._connection is not None:  # not after stop()
+            self._schedule_reconcile()
 
     def _on_reconnect(self, *_args: Any) -> None:
         self.reconnects += 1

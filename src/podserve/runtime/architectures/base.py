@@ -180,7 +180,11 @@ class LayeredModel(nn.Module):
         layers = range(total) if layers is None else layers
         selected = set(cls.select_tensors(tensors, layers=layers, embeddings=embeddings,
                                           head=head))  # fmt: skip
-        state = {cls.canonical(n): t for n, t in tensors.items() if n in selected}
+        state: dict[str, torch.Tensor] = {}
+        for name, tensor in tensors.items():
+            canon = cls.canonical(name)
+            if canon is not None and name in selected:
+                state[canon] = tensor
         model = cls.build(config, layers, embeddings, head, state)
         expected = set(model.state_dict())
         missing = sorted(expected - set(state))

@@ -44,7 +44,8 @@ class _DenseNorm(nn.Module):
         self.LayerNorm = LayerNorm(n_out, eps)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        out: torch.Tensor = self.LayerNorm(self.dense(x) + residual)
+        return out
 
 
 class _Attention(nn.Module):
@@ -82,7 +83,8 @@ class BertLayer(nn.Module):
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         ctx = ctx.transpose(1, 2).reshape(b, s, d)
         attended = self.attention.output(ctx, hidden)
-        return self.output(self.act(self.intermediate.dense(attended)), attended)
+        out: torch.Tensor = self.output(self.act(self.intermediate.dense(attended)), attended)
+        return out
 
 
 class _Embeddings(nn.Module):

@@ -1,0 +1,50 @@
+"""``podserve split ROOT MODEL --stages K``: write a pipeline manifest for a model version."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "split",
+        help="plan pipeline stages (layer ranges) for a model too big for one pod",
+        description="Read and verify MODEL's weights once, balance its layers over K stages "
+        "(by parameter bytes, or by measured compute time) and write a pipeline manifest "
+        "with each stage's byte ranges and their BLAKE3 digest. The model's own files are "
+        "not touched; the manifest goes to --out (default ./pipelines/MODEL-VERSION-kK.yaml).",
+    )
+    parser.add_argument("root", type=Path, help="model repository root")
+    parser.add_argument("model", metavar="MODEL[:VERSION]", help="model (default: newest version)")
+    parser.add_argument("--stages", "-k", type=int, required=True, help="number of stages K")
+    parser.add_argument(
+        "--by", choices=["bytes", "time"], default="bytes",
+        help="balance parameter bytes (memory per pod) or measured per-layer time (throughput)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--activations", choices=["FP32", "FP16"], default="FP32",
+        help="datatype of the hidden states sent between stages (FP16 halves the traffic)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, help="where to write the pipeline manifest")
+    parser.set_defaults(handler=_split)
+
+
+def _split(args: argparse.Namespace) -> int:
+    from podserve.pipeline.manifest import default_path
+    from podserve.pipeline.split import split_model
+    from podserve.storage.repository import parse_model_ref
+
+    name, version = parse_model_ref(args.model)
+    pipeline = split_model(args.root, name, version, args.stages, by=args.by,
+                           activations=args.activations)  # fmt: skip
+    out = args.out or default_path(pipeline.model, pipeline.version, pipeline.k)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(pipeline.to_yaml(), encoding="utf-8")
+    for plan in pipeline.stages:
+        parts = (["embeddings"] if plan.embeddings else []) + (["head"] if plan.head else [])
+        extra = f" + {' + '.join(parts)}" if parts else ""
+        print(f"stage {plan.stage}/{pipeline.k}: layers {plan.layers[0]}-{plan.layers[1] - 1}"
+              f"{extra}, {plan.bytes / 1e6:.1f} MB")  # fmt: skip
+    print(f"wrote {out}")
+    return 0
