@@ -1,7 +1,7 @@
 """Cold start: reading, verifying and loading weights, and process start → ready.
 
 For the MiniLM demo (91 MB) and a synthetic GPT-2-style decoder (~2 GB of fp32 safetensors,
-written under the scratch dir and deleted at the end), with the page cache cold
+written under /tmp/podserve-bench/cold-start and deleted at the end), with the page cache cold
 (``sync; echo 3 > /proc/sys/vm/drop_caches``, needs root) and warm:
 
 * raw read: the weight files read with large ``readinto`` chunks into one buffer allocated
@@ -259,7 +259,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/podserve-bench"))
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/podserve-bench/cold-start"))
     parser.add_argument("--layers", type=int, default=9, help="decoder layers (9 ≈ 2.1 GB)")
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median)")
@@ -274,6 +274,7 @@ def main() -> int:
         print(f"cannot drop the page cache ({exc}); measuring warm only", file=sys.stderr)
         caches = [False]
     root = args.scratch / "models"
+    load_start = os.getloadavg()[0]  # other work on the machine makes every number noisy
     t0 = time.perf_counter()
     try:
         stage_models(root, args.scratch, args.layers, args.hidden)
@@ -283,6 +284,7 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(args.scratch, ignore_errors=True)
     print(table(rows))
+    print(f"load average: {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at the end")
     demo = {r["cache"]: r for r in rows if r["model"] == DEMO}
     result = {
         "benchmark": "cold_start",
@@ -292,6 +294,7 @@ def main() -> int:
         "cold_start_seconds": (demo.get("cold") or demo["warm"])["ready_seconds"],
         "cold_start_seconds_warm_cache": demo["warm"]["ready_seconds"],
         "decoder": {"layers": args.layers, "hidden": args.hidden},
+        "load_average_start_end": [load_start, os.getloadavg()[0]],
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,11 +34,11 @@ from load import measure, wrk_path  # noqa: E402
 from procs import Server, free_port_block  # noqa: E402
 
 SENTENCE = "Kubernetes schedules the pod and podserve answers with an embedding."
-IDENTITY_PY = '''
+IDENTITY_PY = """
 class Identity:
     def infer(self, inputs):
         return {"OUTPUT0": inputs["INPUT0"]}
-'''
+"""
 
 
 def stage(root: Path) -> None:
@@ -49,18 +49,30 @@ def stage(root: Path) -> None:
     src = root.parent / "identity.py"
     src.write_text(IDENTITY_PY)
     if not (root / "identity" / "1").exists():
-        stage_model({"model.py": src}, root / "identity" / "1", {
-            "runtime": "python",
-            "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [384]}],
-            "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [384]}],
-            "max_batch_size": 32,
-            "options": {"module": "model.py:Identity"},
-        })  # fmt: skip
+        stage_model(
+            {"model.py": src},
+            root / "identity" / "1",
+            {
+                "runtime": "python",
+                "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [384]}],
+                "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [384]}],
+                "max_batch_size": 32,
+                "options": {"module": "model.py:Identity"},
+            },
+        )
 
 
 def bodies(scratch: Path) -> dict[str, Path]:
-    ident = {"inputs": [{"name": "INPUT0", "shape": [1, 384], "datatype": "FP32",
-                         "data": np.linspace(0, 1, 384, dtype=np.float32).tolist()}]}  # fmt: skip
+    ident = {
+        "inputs": [
+            {
+                "name": "INPUT0",
+                "shape": [1, 384],
+                "datatype": "FP32",
+                "data": np.linspace(0, 1, 384, dtype=np.float32).tolist(),
+            }
+        ]
+    }
     mini = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]}]}
     out = {}
     for name, body in (("identity", ident), ("minilm", mini)):
@@ -108,8 +120,13 @@ async def _grpc_load(target: str, model: str, conc: int, seconds: float) -> dict
         await asyncio.gather(*(worker() for _ in range(conc)))
         elapsed = time.perf_counter() - started
     arr = np.array(lat) * 1000
-    return {"rps": len(lat) / elapsed, "p50_ms": float(np.percentile(arr, 50)),
-            "p99_ms": float(np.percentile(arr, 99)), "requests": len(lat), "errors": errors}  # fmt: skip
+    return {
+        "rps": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "requests": len(lat),
+        "errors": errors,
+    }
 
 
 def grpc_measure(port: int, model: str, conc: int, warmup: float, seconds: float) -> dict:
@@ -173,8 +190,16 @@ def main() -> None:
     podserve = shutil.which("podserve", path=str(Path(sys.executable).parent)) or "podserve"
     for batching in ("on", "off"):
         port = free_port_block(2)
-        argv = [podserve, "serve", str(root), "--http-port", str(port), "--grpc-port",
-                str(port + 1), *sum((["--model", m] for m in models), [])]  # fmt: skip
+        argv = [
+            podserve,
+            "serve",
+            str(root),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(port + 1),
+            *[a for m in models for a in ("--model", m)],
+        ]
         if batching == "off":
             argv += ["--max-batch-size", "1"]
         env = dict(os.environ, PODSERVE_DRAIN_GRACE_SECONDS="0")
@@ -191,9 +216,12 @@ def main() -> None:
                             r = grpc_measure(port + 1, model, conc, args.warmup, args.seconds)
                         r.update(model=model, surface=surface, batching=batching, conc=conc)
                         rows.append(r)
-                        print(f"{model:9} {surface:5} batching {batching:3} c={conc:<3} "
-                              f"{r['rps']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-                              f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}", flush=True)  # fmt: skip
+                        print(
+                            f"{model:9} {surface:5} batching {batching:3} c={conc:<3} "
+                            f"{r['rps']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                            f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}",
+                            flush=True,
+                        )
         finally:
             server.stop()
     ceilings = {m: ceiling(root, m, args.seconds) for m in models}
@@ -201,21 +229,30 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         best = max(ceilings[r["model"]].values())
-        print(f"| {r['model']} | {r['surface']} | {r['batching']} | {r['conc']} | {r['rps']:.0f} "
-              f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps'] / best:.2f}x |")  # fmt: skip
+        print(
+            f"| {r['model']} | {r['surface']} | {r['batching']} | {r['conc']} | {r['rps']:.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps'] / best:.2f}x |"
+        )
     for m, by in ceilings.items():
         sizes = ", ".join(f"{k}: {v:.0f}" for k, v in by.items())
         print(f"\nceiling {m} (in-process rows/s by batch size): {sizes}")
     out = HERE / "results" / "serve.json"
     out.parent.mkdir(exist_ok=True)
     minilm = ceilings.get("minilm", {})
-    out.write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": "2 cores, 24 GB, no GPU",
-        "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]),
-        "rows": rows, "ceilings": ceilings,
-        "by_batch_size": {k: v for k, v in minilm.items()},
-        "throughput_rps": max(minilm.values()) if minilm else None,
-    }, indent=1))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": "2 cores, 24 GB, no GPU",
+                "command": "python benchmarks/serve.py " + " ".join(sys.argv[1:]),
+                "rows": rows,
+                "ceilings": ceilings,
+                "by_batch_size": {k: v for k, v in minilm.items()},
+                "throughput_rps": max(minilm.values()) if minilm else None,
+            },
+            indent=1,
+        )
+    )
     print(f"\nwrote {out}")
 
 

@@ -404,10 +404,9 @@ class DataPlane:
             outcome = "success"
             return response
         finally:
-            metrics.REQUESTS.labels(model=name, surface=surface, outcome=outcome).inc()
-            metrics.REQUEST_SECONDS.labels(model=name, surface=surface).observe(
-                time.perf_counter() - started
-            )
+            count, seconds = metrics.request_children(name, surface, outcome)
+            count.inc()
+            seconds.observe(time.perf_counter() - started)
 
     def _get(self, name: str, version: str | None = None) -> ServedModel:
         served = self.models.get(name)

@@ -126,31 +126,46 @@ REGISTRY.register(DeviceCollector())  # type: ignore[arg-type]
 
 # --- queue worker (batch sizes are the batcher's BATCH_SIZE) --------------------------------
 QUEUE_CONSUMED = Counter(
-    "podserve_queue_consumed_total", "Messages delivered to the worker.", ["queue"],
+    "podserve_worker_consumed_total", "Messages delivered to the worker.", ["queue"],
     registry=REGISTRY,
 )  # fmt: skip
 QUEUE_REDELIVERED = Counter(
-    "podserve_queue_redelivered_total", "Deliveries flagged redelivered by the broker.",
+    "podserve_worker_redelivered_total", "Deliveries flagged redelivered by the broker.",
     ["queue"], registry=REGISTRY,
 )  # fmt: skip
 QUEUE_ACKED = Counter(
-    "podserve_queue_acked_total", "Messages acked after their reply was confirmed.", ["queue"],
+    "podserve_worker_acked_total", "Messages acked after their reply was confirmed.", ["queue"],
     registry=REGISTRY,
 )  # fmt: skip
 QUEUE_REQUEUED = Counter(
-    "podserve_queue_requeued_total", "Messages handed back for a retry (retryable errors).",
+    "podserve_worker_requeued_total", "Messages handed back for a retry (retryable errors).",
     ["queue"], registry=REGISTRY,
 )  # fmt: skip
 QUEUE_DEAD_LETTERED = Counter(
-    "podserve_queue_dead_lettered_total", "Messages sent to the dead-letter queue, by error.",
+    "podserve_worker_dead_lettered_total", "Messages sent to the dead-letter queue, by error.",
     ["queue", "error"], registry=REGISTRY,
 )  # fmt: skip
 QUEUE_INFLIGHT = Gauge(
-    "podserve_queue_inflight", "Messages delivered and not yet acked, requeued or rejected.",
+    "podserve_worker_inflight", "Messages delivered and not yet acked, requeued or rejected.",
     ["queue"], registry=REGISTRY,
 )  # fmt: skip
 
 STATES = ("loading", "ready", "draining", "stopped", "failed", "unloaded")
+
+_REQUEST_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+def request_children(model: str, surface: str, outcome: str) -> tuple[Any, Any]:
+    """The labelled request counter and latency histogram, looked up once per label set:
+    ``labels()`` takes a lock and builds a tuple on every call, on every request."""
+    key = (model, surface, outcome)
+    found = _REQUEST_CHILDREN.get(key)
+    if found is None:
+        found = _REQUEST_CHILDREN[key] = (
+            REQUESTS.labels(model=model, surface=surface, outcome=outcome),
+            REQUEST_SECONDS.labels(model=model, surface=surface),
+        )
+    return found
 
 
 def set_state(gauge: Gauge, state: str, **labels: str) -> None:

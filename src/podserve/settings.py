@@ -106,6 +106,11 @@ class Settings(BaseSettings):
         description="Pipeline manifest written by `podserve split` (needed with --stage; "
         "stage 0 or 'entry' is the coordinator users call).",
     )
+    pipeline_manifest: str | None = Field(
+        None,
+        description="The pipeline manifest's YAML itself (e.g. a ConfigMap key as an "
+        "environment variable), when PODSERVE_PIPELINE names no file.",
+    )
     pipeline_stages: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="The entry's stage addresses, host:port of each stage's gRPC port, in order.",

@@ -92,13 +92,16 @@ async def test_a_batch_that_runs_out_of_memory_is_split_and_answered(tmp_path: P
         assert _user(dp).batches[1:] == [8, 4, 4]  # after the warm-up: 8 failed, halves ran
         assert _splits() - before == 1
         batcher = dp.models["tight"].batcher
-        assert batcher is not None and batcher.batch_cap == 4
+        assert batcher is not None
+        assert batcher.batch_cap == 4
         assert dp.model_metadata("tight")["parameters"]["batch_cap"] == 4
         assert metrics.sample("podserve_batch_cap", {"model": "tight"}) == 4
-        assert batcher.stats.batch_sizes == {4: 2} and batcher.stats.fail == 0
+        assert batcher.stats.batch_sizes == {4: 2}
+        assert batcher.stats.fail == 0
         # The next burst is formed under the lowered cap: no more failures.
         await asyncio.gather(*(dp.infer(_request(1)) for _ in range(8)))
-        assert _user(dp).batches[4:] == [4, 4] and _splits() - before == 1
+        assert _user(dp).batches[4:] == [4, 4]
+        assert _splits() - before == 1
     finally:
         await dp.stop()
 

@@ -122,9 +122,11 @@ def test_inventory_device_lookup() -> None:
     visible, _ = select_visible(UNITS, "MIG-eeee5555,0")
     inv = Inventory(devices=visible, source="nvml")
     found = inv.device("cuda:1")
-    assert found is not None and found.uuid == "GPU-aaaa1111"
+    assert found is not None
+    assert found.uuid == "GPU-aaaa1111"
     assert inv.device("cuda") == replace(M1, index=0)
-    assert inv.device("cuda:2") is None and inv.device("cpu") is None
+    assert inv.device("cuda:2") is None
+    assert inv.device("cpu") is None
     assert "cuda:0  mig  MIG 1g.10gb  MIG-eeee5555" in inv.render()
 
 
@@ -139,10 +141,10 @@ class FakeNvml:
     class NVMLError(Exception):
         pass
 
-    class NVMLError_NotSupported(NVMLError):  # noqa: N801 - pynvml's naming
+    class NVMLError_NotSupported(NVMLError):
         pass
 
-    class NVMLError_NotFound(NVMLError):  # noqa: N801
+    class NVMLError_NotFound(NVMLError):
         pass
 
     class _Mem:
@@ -153,7 +155,7 @@ class FakeNvml:
         gpu, memory = 37, 12
 
     class _Pci:
-        busId = b"00000000:3B:00.0"  # noqa: N815
+        busId = b"00000000:3B:00.0"
 
     def __init__(self) -> None:
         self.shut = False
@@ -164,61 +166,61 @@ class FakeNvml:
                       "mem": (10 << 30, 2 << 30), "gi": 7, "ci": 0}]},
         ]  # fmt: skip
 
-    def nvmlInit(self) -> None:  # noqa: N802
+    def nvmlInit(self) -> None:
         pass
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self.shut = True
 
-    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+    def nvmlSystemGetDriverVersion(self) -> str:
         return "570.86.15"
 
-    def nvmlSystemGetCudaDriverVersion(self) -> int:  # noqa: N802
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
         return 12080
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         return len(self.gpus)
 
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> dict[str, Any]:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> dict[str, Any]:
         return self.gpus[i]
 
-    def nvmlDeviceGetMigMode(self, h: dict[str, Any]) -> tuple[int, int]:  # noqa: N802
+    def nvmlDeviceGetMigMode(self, h: dict[str, Any]) -> tuple[int, int]:
         if h["mig"] is None:
             raise self.NVMLError_NotSupported("Not Supported")
         return 1, 1
 
-    def nvmlDeviceGetMaxMigDeviceCount(self, h: dict[str, Any]) -> int:  # noqa: N802
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: dict[str, Any]) -> int:
         return 7
 
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: dict[str, Any], m: int) -> dict[str, Any]:  # noqa: N802
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: dict[str, Any], m: int) -> dict[str, Any]:
         if m >= len(h["mig"]):
             raise self.NVMLError_NotFound("Not Found")
         return {**h["mig"][m], "is_mig": True}
 
-    def nvmlDeviceGetCudaComputeCapability(self, h: dict[str, Any]) -> tuple[int, int]:  # noqa: N802
+    def nvmlDeviceGetCudaComputeCapability(self, h: dict[str, Any]) -> tuple[int, int]:
         return (8, 9) if h["uuid"] == "GPU-1111" else (9, 0)
 
-    def nvmlDeviceGetPciInfo(self, h: dict[str, Any]) -> Any:  # noqa: N802
+    def nvmlDeviceGetPciInfo(self, h: dict[str, Any]) -> Any:
         return self._Pci()
 
-    def nvmlDeviceGetMemoryInfo(self, h: dict[str, Any]) -> Any:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, h: dict[str, Any]) -> Any:
         return self._Mem(*h["mem"])
 
-    def nvmlDeviceGetUtilizationRates(self, h: dict[str, Any]) -> Any:  # noqa: N802
+    def nvmlDeviceGetUtilizationRates(self, h: dict[str, Any]) -> Any:
         if h.get("is_mig"):
             raise self.NVMLError_NotSupported("Not Supported")
         return self._Util()
 
-    def nvmlDeviceGetUUID(self, h: dict[str, Any]) -> bytes:  # noqa: N802
+    def nvmlDeviceGetUUID(self, h: dict[str, Any]) -> bytes:
         return h["uuid"].encode()
 
-    def nvmlDeviceGetName(self, h: dict[str, Any]) -> str:  # noqa: N802
+    def nvmlDeviceGetName(self, h: dict[str, Any]) -> str:
         return str(h["name"])
 
-    def nvmlDeviceGetGpuInstanceId(self, h: dict[str, Any]) -> int:  # noqa: N802
+    def nvmlDeviceGetGpuInstanceId(self, h: dict[str, Any]) -> int:
         return int(h["gi"])
 
-    def nvmlDeviceGetComputeInstanceId(self, h: dict[str, Any]) -> int:  # noqa: N802
+    def nvmlDeviceGetComputeInstanceId(self, h: dict[str, Any]) -> int:
         return int(h["ci"])
 
 
@@ -226,17 +228,32 @@ def test_nvml_reader_lists_gpus_and_mig_instances() -> None:
     nvml = FakeNvml()
     inv = Inventory()
     units = read_nvml(nvml, inv)
-    assert units is not None and nvml.shut
-    assert inv.driver_version == "570.86.15" and inv.cuda_driver_version == "12.8"
+    assert units is not None
+    assert nvml.shut
+    assert inv.driver_version == "570.86.15"
+    assert inv.cuda_driver_version == "12.8"
     l4, h100, mig = units
-    assert (l4.kind, l4.mig_mode, l4.compute_capability, l4.utilization) == ("gpu", "n/a", "8.9", 0.37)
-    assert l4.memory_free == 23 << 30 and l4.pci_bus_id == "00000000:3B:00.0"
+    assert (l4.kind, l4.mig_mode, l4.compute_capability, l4.utilization) == (
+        "gpu",
+        "n/a",
+        "8.9",
+        0.37,
+    )
+    assert l4.memory_free == 23 << 30
+    assert l4.pci_bus_id == "00000000:3B:00.0"
     assert h100.mig_mode == "enabled"
-    assert (mig.kind, mig.parent_uuid, mig.gpu_instance, mig.utilization) == ("mig", "GPU-2222", 7, None)
+    assert (mig.kind, mig.parent_uuid, mig.gpu_instance, mig.utilization) == (
+        "mig",
+        "GPU-2222",
+        7,
+        None,
+    )
     visible, hidden = select_visible(units, None)
-    assert _uuids(visible) == ["GPU-1111", "MIG-3333"] and hidden == []
+    assert _uuids(visible) == ["GPU-1111", "MIG-3333"]
+    assert hidden == []
     visible, hidden = select_visible(units, "MIG-GPU-2222/7/0")
-    assert _uuids(visible) == ["MIG-3333"] and hidden == ["GPU-1111"]
+    assert _uuids(visible) == ["MIG-3333"]
+    assert hidden == ["GPU-1111"]
 
 
 def test_nvml_failure_is_reported() -> None:
@@ -257,12 +274,14 @@ def test_container_notes_flag_a_privileged_pod(monkeypatch: pytest.MonkeyPatch) 
     fake = FakeNvml()
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     inv = inventory(environ={"NVIDIA_VISIBLE_DEVICES": "GPU-1111"})
-    assert inv.source == "nvml" and inv.count == 2
+    assert inv.source == "nvml"
+    assert inv.count == 2
     assert any("GPU-2222" in n and "privileged" in n for n in inv.notes)
     inv = inventory(environ={"NVIDIA_VISIBLE_DEVICES": "GPU-1111,MIG-3333"})
     assert inv.notes == []
     inv = inventory(environ={"CUDA_VISIBLE_DEVICES": ""})
-    assert inv.count == 0 and "hidden by CUDA_VISIBLE_DEVICES" in inv.reason
+    assert inv.count == 0
+    assert "hidden by CUDA_VISIBLE_DEVICES" in inv.reason
     assert pynvml is not fake
 
 
@@ -273,9 +292,7 @@ def _stage_gpu_model(root: Path, **manifest: Any) -> Path:
     src = root.parent / "src"
     src.mkdir(exist_ok=True)
     (src / "model.py").write_text(
-        "class Doubler:\n"
-        "    def infer(self, inputs):\n"
-        "        return {'y': inputs['x'] * 2}\n",
+        "class Doubler:\n    def infer(self, inputs):\n        return {'y': inputs['x'] * 2}\n",
         encoding="utf-8",
     )
     stage_model({"model.py": src / "model.py"}, root / "big" / "1", {

@@ -28,8 +28,10 @@ def staged(tmp_path: Path) -> Path:
     (src / "weights.safetensors").write_bytes(bytes(range(256)) * 64)
     (src / "sub" / "config.json").write_text('{"a": 1}')
     root = tmp_path / "root"
-    files = {"weights.safetensors": src / "weights.safetensors",
-             "sub/config.json": src / "sub" / "config.json"}  # fmt: skip
+    files = {
+        "weights.safetensors": src / "weights.safetensors",
+        "sub/config.json": src / "sub" / "config.json",
+    }
     stage_model(files, root / "ident" / "1", IDENT_MANIFEST)
     return root
 
@@ -71,8 +73,9 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-              ) -> str:  # fmt: skip
+def s3_bucket(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> str:
     """A fresh bucket on the moto endpoint, with this process's AWS_* pointing at it."""
     import re
 

@@ -108,7 +108,8 @@ def test_malicious_archive_pull_publishes_nothing(tmp_path: Path) -> None:
 
 
 def test_top_directory_is_stripped(tmp_path: Path) -> None:
-    archive = _zip(tmp_path / "m.zip", [("top/podserve.yaml", b"runtime: python\n"),
-                                        ("top/w.bin", b"w")])  # fmt: skip
+    archive = _zip(
+        tmp_path / "m.zip", [("top/podserve.yaml", b"runtime: python\n"), ("top/w.bin", b"w")]
+    )
     extract_archive(archive, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["podserve.yaml", "w.bin"]

@@ -18,8 +18,23 @@ def test_stage_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     (src / "model.onnx").write_bytes(b"\x08\x01" * 100)
     (src / ".gitattributes").write_text("*.onnx lfs")  # not staged
     dest = tmp_path / "root" / "m" / "3"
-    rc = main(["stage", str(src), str(dest), "--runtime", "onnx", "--input", "x:FP32:4",
-               "--output", "y:FP32:4", "--max-batch-size", "16", "--option", "intra_op_threads=2"])  # fmt: skip
+    rc = main(
+        [
+            "stage",
+            str(src),
+            str(dest),
+            "--runtime",
+            "onnx",
+            "--input",
+            "x:FP32:4",
+            "--output",
+            "y:FP32:4",
+            "--max-batch-size",
+            "16",
+            "--option",
+            "intra_op_threads=2",
+        ]
+    )
     assert rc == 0
     assert sorted(p.name for p in dest.iterdir()) == ["SHA256SUMS", "model.onnx", "podserve.yaml"]
     mv = ModelRepository(tmp_path / "root").verify("m")
@@ -40,19 +55,41 @@ def test_stage_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_stage_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "w.onnx"
     f.write_bytes(b"1")
-    args = ["stage", str(f), str(tmp_path / "r" / "m" / "1"), "--runtime", "onnx",
-            "--input", "x:FP32:1", "--output", "y:FP32:1"]  # fmt: skip
+    args = [
+        "stage",
+        str(f),
+        str(tmp_path / "r" / "m" / "1"),
+        "--runtime",
+        "onnx",
+        "--input",
+        "x:FP32:1",
+        "--output",
+        "y:FP32:1",
+    ]
     assert main(args) == 0
     assert main(args) == 2
     assert "already exists (pass --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
 
 
-def test_stage_rejects_bad_manifest_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stage_rejects_bad_manifest_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     f = tmp_path / "w.onnx"
     f.write_bytes(b"1")
-    rc = main(["stage", str(f), str(tmp_path / "r" / "m" / "1"), "--runtime", "onnx",
-               "--input", "x:FLOAT:1", "--output", "y:FP32:1"])  # fmt: skip
+    rc = main(
+        [
+            "stage",
+            str(f),
+            str(tmp_path / "r" / "m" / "1"),
+            "--runtime",
+            "onnx",
+            "--input",
+            "x:FLOAT:1",
+            "--output",
+            "y:FP32:1",
+        ]
+    )
     assert rc == 4
     assert "invalid field 'inputs.0.datatype'" in capsys.readouterr().err
     assert not (tmp_path / "r" / "m" / "1").exists()
@@ -63,11 +100,17 @@ def test_verify_exits_nonzero_with_the_reason(staged: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[5] ^= 1
     weights.write_bytes(bytes(data))
-    proc = subprocess.run([sys.executable, "-m", "podserve", "verify", str(staged), "ident"],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "podserve", "verify", str(staged), "ident"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 4
     assert f"FAILED  ident/1: {weights}: BLAKE3 checksum mismatch" in proc.stderr
-    missing = subprocess.run([sys.executable, "-m", "podserve", "verify", str(staged / "nope")],
-                             capture_output=True, text=True)  # fmt: skip
+    missing = subprocess.run(
+        [sys.executable, "-m", "podserve", "verify", str(staged / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 3
     assert "does not exist (volume not mounted?)" in missing.stderr

@@ -52,8 +52,11 @@ class Lines:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "podserve", *args],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def assert_same(dest: Path, files: dict[str, bytes]) -> None:
@@ -83,8 +86,9 @@ def test_checksum_mismatch_names_the_file_and_publishes_nothing(
     push(src, f"s3://{s3_bucket}/m/1")
     tampered = bytearray(WEIGHTS)
     tampered[2 * MiB + 5] ^= 0xFF  # same size, one byte flipped, in a later part
-    boto3.client("s3").put_object(Bucket=s3_bucket, Key="m/1/model.safetensors",
-                                  Body=bytes(tampered))  # fmt: skip
+    boto3.client("s3").put_object(
+        Bucket=s3_bucket, Key="m/1/model.safetensors", Body=bytes(tampered)
+    )
     dest = tmp_path / "models" / "m" / "1"
     for sha256 in (False, True):
         with pytest.raises(IntegrityError, match=r"model\.safetensors: (BLAKE3|SHA-256) checksum"):
@@ -118,8 +122,7 @@ def test_transient_errors_are_retried_permanent_ones_are_not(tmp_path: Path) -> 
     with RangeServer(tmp_path / "staged") as server:
         server.fail["model.safetensors"] = [503, 500]  # HEAD then one GET part fail
         lines = Lines()
-        pull(f"{server.url}/m/1", tmp_path / "models" / "m" / "1", part_size=MiB,
-             reporter=lines)  # fmt: skip
+        pull(f"{server.url}/m/1", tmp_path / "models" / "m" / "1", part_size=MiB, reporter=lines)
         assert any("503" in m for m in lines.messages) or any("500" in m for m in lines.messages)
         server.fail["SHA256SUMS"] = [403]
         with pytest.raises(PermanentTransferError, match=r"access denied \(403\)"):
@@ -127,10 +130,15 @@ def test_transient_errors_are_retried_permanent_ones_are_not(tmp_path: Path) -> 
         assert not (tmp_path / "models" / "m" / ".tmp-2").exists()
 
 
-def test_s3_not_found_is_a_clear_permanent_error(tmp_path: Path, s3_bucket: str,
-                                                 moto_endpoint: str) -> None:  # fmt: skip
-    result = run_cli("pull", f"s3://{s3_bucket}/nope/1", str(tmp_path / "models" / "m" / "1"),
-                     env=s3_env(moto_endpoint))  # fmt: skip
+def test_s3_not_found_is_a_clear_permanent_error(
+    tmp_path: Path, s3_bucket: str, moto_endpoint: str
+) -> None:
+    result = run_cli(
+        "pull",
+        f"s3://{s3_bucket}/nope/1",
+        str(tmp_path / "models" / "m" / "1"),
+        env=s3_env(moto_endpoint),
+    )
     assert result.returncode == PermanentTransferError.exit_code
     assert "not found (404)" in result.stderr
     assert "nope/1/SHA256SUMS" in result.stderr
@@ -142,8 +150,10 @@ def test_wrong_credentials_are_denied_and_never_printed(tmp_path: Path) -> None:
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -163,8 +173,15 @@ def test_wrong_credentials_are_denied_and_never_printed(tmp_path: Path) -> None:
         run_env = s3_env(endpoint)
         run_env["AWS_SECRET_ACCESS_KEY"] = secret
         for extra in ([], ["--credentials-dir", str(creds)]):
-            result = run_cli("pull", "s3://somebucket/m/1", str(tmp_path / "models" / "m" / "1"),
-                             "--progress", "log", *extra, env=run_env)  # fmt: skip
+            result = run_cli(
+                "pull",
+                "s3://somebucket/m/1",
+                str(tmp_path / "models" / "m" / "1"),
+                "--progress",
+                "log",
+                *extra,
+                env=run_env,
+            )
             assert result.returncode == PermanentTransferError.exit_code, result.stderr
             assert "access denied (403)" in result.stderr
             assert secret not in result.stdout + result.stderr
@@ -203,10 +220,21 @@ def test_killed_pull_resumes_from_written_parts(tmp_path: Path) -> None:
     with RangeServer(tmp_path / "staged") as server:
         server.delay_per_mb = 0.15  # ~7 MB/s per connection: ~1.7 s for 24 MiB over 2
         proc = subprocess.Popen(
-            [sys.executable, "-m", "podserve", "pull", f"{server.url}/m/1", str(dest),
-             "--part-size-mb", "1", "--concurrency", "2"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "podserve",
+                "pull",
+                f"{server.url}/m/1",
+                str(dest),
+                "--part-size-mb",
+                "1",
+                "--concurrency",
+                "2",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if journal.exists() and journal.read_text().count('"f": "model') >= 6:
@@ -225,7 +253,8 @@ def test_killed_pull_resumes_from_written_parts(tmp_path: Path) -> None:
         result = pull(f"{server.url}/m/1", dest, part_size=MiB, concurrency=2, reporter=lines)
         fetched_again = server.bytes_sent - sent_before
     assert result.fetched_bytes == result.total_bytes - kept_bytes - 2 * (
-        any(r["f"] == "c.json" for r in kept))  # fmt: skip
+        any(r["f"] == "c.json" for r in kept)
+    )
     # Only the missing parts travel again (plus metadata, plus what the killed connections'
     # server threads may still have been writing when we started counting).
     assert fetched_again <= len(big) - kept_bytes + 512 * 1024
@@ -235,8 +264,9 @@ def test_killed_pull_resumes_from_written_parts(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_concurrent_pulls_of_one_version(tmp_path: Path, s3_bucket: str,
-                                         moto_endpoint: str) -> None:  # fmt: skip
+def test_concurrent_pulls_of_one_version(
+    tmp_path: Path, s3_bucket: str, moto_endpoint: str
+) -> None:
     files = {"model.safetensors": os.urandom(16 * MiB), "c.json": b"{}"}
     push(make_model(tmp_path / "staged" / "m" / "1", files), f"s3://{s3_bucket}/m/1")
     dest = tmp_path / "models" / "m" / "1"

@@ -50,5 +50,4 @@ def test_push_verifies_first_and_refuses_to_clobber(tmp_path: Path, s3_bucket: s
     (src / "model.safetensors").write_bytes(b"\0" * len(FILES["model.safetensors"]))
     with pytest.raises(IntegrityError, match="checksum mismatch"):
         push(src, f"s3://{s3_bucket}/corrupt")
-    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=s3_bucket,
-                                                                Prefix="corrupt")  # fmt: skip
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="corrupt")

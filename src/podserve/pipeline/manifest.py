@@ -111,11 +111,18 @@ class Pipeline(_Strict):
 
 
 def load_pipeline(path: Path) -> Pipeline:
-    """Parse and validate a pipeline manifest; errors name the file and the field."""
+    """Read, parse and validate a pipeline manifest file."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read the pipeline manifest: {exc}") from None
+    return parse_pipeline(text, str(path))
+
+
+def parse_pipeline(text: str, path: str = "PODSERVE_PIPELINE_MANIFEST") -> Pipeline:
+    """Parse and validate a pipeline manifest; errors name the source and the field."""
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: not valid YAML: {exc}") from None
     try:

@@ -26,11 +26,15 @@ import blake3
 import numpy as np
 
 from podserve.errors import ConfigurationError, IntegrityError, ManifestError, ModelNotFoundError
-from podserve.pipeline.manifest import Pipeline, StagePlan, load_pipeline, parse_stage
-from podserve.runtime.architectures import find_architecture
+from podserve.pipeline.manifest import (
+    Pipeline,
+    StagePlan,
+    load_pipeline,
+    parse_pipeline,
+    parse_stage,
+)
 from podserve.runtime.loading import VersionReader
 from podserve.runtime.model import Model
-from podserve.runtime.safetensors_view import parse_header
 from podserve.storage.manifest import Manifest, TensorSpec
 from podserve.storage.reader import read_range
 from podserve.storage.repository import ModelRepository, ModelVersion
@@ -100,7 +104,7 @@ def read_stage_weights(
     version: ModelVersion, pipeline: Pipeline, plan: StagePlan, *, verify: bool
 ) -> StageWeights:
     """Read (positional reads) and check the header and the ranges of one stage only."""
-    from podserve.runtime.safetensors_view import SafetensorsHeader
+    from podserve.runtime.safetensors_view import SafetensorsHeader, parse_header
 
     headers: dict[str, SafetensorsHeader] = {}
     total = 0
@@ -152,6 +156,8 @@ class StageModel(Model):
 
     def load(self) -> None:
         import torch
+
+        from podserve.runtime.architectures import find_architecture
 
         started = time.perf_counter()
         if self.settings.intra_op_threads:
@@ -219,12 +225,15 @@ class StageModel(Model):
 
 def run_stage(settings: Settings) -> int:
     """``podserve serve --stage I/K``: serve stage I (or the entry for I = 0) until SIGTERM."""
-    if settings.pipeline is None:
+    if settings.pipeline is not None:
+        pipeline = load_pipeline(settings.pipeline)
+    elif settings.pipeline_manifest:
+        pipeline = parse_pipeline(settings.pipeline_manifest)
+    else:
         raise ConfigurationError(
             "--stage needs the pipeline manifest: set PODSERVE_PIPELINE to the file written "
-            "by `podserve split`"
+            "by `podserve split` (or PODSERVE_PIPELINE_MANIFEST to its contents)"
         )
-    pipeline = load_pipeline(settings.pipeline)
     index = parse_stage(settings.stage or "", pipeline)
     try:
         import uvloop

@@ -15,10 +15,11 @@ from podserve.errors import ConfigurationError, PodserveError
 
 def register(sub: Any) -> None:
     stage = sub.add_parser(
-        "stage", help="write a model version directory with manifest and SHA256SUMS",
+        "stage",
+        help="write a model version directory with manifest and SHA256SUMS",
         description="Copy weights (a file or a directory) into ROOT/NAME/VERSION with a "
         "podserve.yaml manifest and SHA256SUMS, as the server expects them on the volume.",
-    )  # fmt: skip
+    )
     stage.add_argument("src", help="a weight file or a directory of model files")
     stage.add_argument("dest", help="ROOT/NAME/VERSION")
     stage.add_argument("--runtime", choices=["transformers", "torch", "onnx", "python"])
@@ -43,10 +44,11 @@ def register(sub: Any) -> None:
     stage.set_defaults(handler=_stage)
 
     verify = sub.add_parser(
-        "verify", help="check a model repository without loading it",
+        "verify",
+        help="check a model repository without loading it",
         description="Check manifests, listings, sizes and checksums. Exits non-zero with the "
         "reason on the first problem.",
-    )  # fmt: skip
+    )
     verify.add_argument("root", help="repository root")
     verify.add_argument("model", nargs="?", help="NAME or NAME/VERSION (default: all)")
     verify.add_argument(
@@ -125,8 +127,10 @@ def _verify(args: argparse.Namespace) -> int:
                 fast = all(f.blake3 for f in mv.listing.files.values()) and not args.sha256
                 how = "BLAKE3 digests" if fast else "SHA-256 digests"
             secs = time.perf_counter() - started
-            print(f"ok      {label}: manifest (runtime {mv.manifest.runtime}), {n} files, "
-                  f"{total / 1e6:.1f} MB, {how} checked in {secs:.2f}s")  # fmt: skip
+            print(
+                f"ok      {label}: manifest (runtime {mv.manifest.runtime}), {n} files, "
+                f"{total / 1e6:.1f} MB, {how} checked in {secs:.2f}s"
+            )
         except PodserveError as exc:
             failed += 1
             print(f"FAILED  {label}: {exc}", file=sys.stderr)

@@ -153,8 +153,8 @@ async def _already_present(
 ) -> PullResult:
     dest = root / name / version
     if not source.is_archive():
-        remote = parse_sums((await retrying(lambda: source.read_bytes(SUMS_NAME), rep)).decode("utf-8"),
-                            source.join(SUMS_NAME))  # fmt: skip
+        remote_bytes = await retrying(lambda: source.read_bytes(SUMS_NAME), rep)
+        remote = parse_sums(remote_bytes.decode("utf-8"), source.join(SUMS_NAME))
         try:
             local = parse_sums((dest / SUMS_NAME).read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -45,9 +45,9 @@ async def test_n_requests_get_n_correlated_replies_in_batches(
     stats = dataplane.models[MODEL].batcher.stats  # type: ignore[union-attr]
     assert stats.inference_count >= n
     assert max(stats.batch_sizes) > 1, "messages were fed to the batcher one at a time"
-    await wait_for(lambda: counter("podserve_queue_acked_total", topo.queue) == n)
-    assert counter("podserve_queue_consumed_total", topo.queue) == n
-    assert counter("podserve_queue_inflight", topo.queue) == 0
+    await wait_for(lambda: counter("podserve_worker_acked_total", topo.queue) == n)
+    assert counter("podserve_worker_consumed_total", topo.queue) == n
+    assert counter("podserve_worker_inflight", topo.queue) == 0
     assert await queue_depth(topo.queue) == 0
 
 
@@ -95,7 +95,7 @@ async def test_poison_messages_are_answered_and_dead_lettered_and_serving_goes_o
     assert "shape" in dead["wrong-shape"].headers["x-podserve-error"]  # type: ignore[operator]
     assert dead["not-json"].body == b"{not json"  # the request as it came
     assert counter(
-        "podserve_queue_dead_lettered_total", topo.queue, error="InvalidRequestError"
+        "podserve_worker_dead_lettered_total", topo.queue, error="InvalidRequestError"
     ) == 2  # fmt: skip
     assert await queue_depth(topo.queue) == 0
 
