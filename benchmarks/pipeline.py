@@ -82,8 +82,21 @@ def single_process(root: Path, model: str, work: Path, batch: list[str], repeats
 
     node = Node(0, free_port(), free_port(), work / "single.log")
     env = {**os.environ, "PODSERVE_INTRA_OP_THREADS": "1", "PODSERVE_DRAIN_GRACE_SECONDS": "0"}
-    cmd = [sys.executable, "-m", "podserve", "serve", str(root), "--model", model,
-           "--host", "127.0.0.1", "--http-port", str(node.http_port), "--grpc-port", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "podserve",
+        "serve",
+        str(root),
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(node.http_port),
+        "--grpc-port",
+        "0",
+    ]
     with open(node.log, "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -122,7 +122,7 @@ class DeviceCollector:
         yield from families.values()
 
 
-REGISTRY.register(DeviceCollector())  # type: ignore[arg-type]
+REGISTRY.register(DeviceCollector())
 
 # --- queue worker (batch sizes are the batcher's BATCH_SIZE) --------------------------------
 QUEUE_CONSUMED = Counter(

@@ -73,3 +73,41 @@ def test_parse_throughput_and_rate_table() -> None:
     assert model.rate_table() == [40.0, 40.0, 40.0, 40.0, 40.0, 50.0, 60.0, 70.0, 80.0]
     with pytest.raises(ConfigurationError):
         ReplicaModel({1: 0.0}, ready_s=1.0)
+
+
+def test_queue_benchmark_shape_by_batch_size_and_worker_record(tmp_path: Path) -> None:
+    """benchmarks/queue_worker.py's result: a headline, the worker run, a batch-size sweep."""
+    path = write(
+        tmp_path,
+        {
+            "model": "minilm (all-MiniLM-L6-v2, transformers runtime, max_batch_size 32)",
+            "podserve_worker": {"throughput_rps": 26.8, "max_batch_size": 32},
+            "naive_consumer": {"throughput_rps": 9.0, "max_batch_size": 1},
+            "throughput_rps": 26.8,  # no batch size: ignored beside the batched numbers
+            "by_batch_size": {"1": 9.6, "8": 28.2, "32": 15.5, "x": 3.0, "4": None},
+        },
+    )
+    expected = {1: 9.6, 8: 28.2, 32: 26.8}
+    assert load_throughput(path) == expected
+    assert load_throughput(path, "minilm") == expected
+    headline_only = write(tmp_path, {"model": "minilm", "throughput_rps": 26.8, "rows": []})
+    assert load_throughput(headline_only, "minilm") == {1: 26.8}
+
+
+def test_cold_start_benchmark_shape_headline_or_model_rows(tmp_path: Path) -> None:
+    """benchmarks/cold_start.py's result: a headline for the demo and rows per model/cache."""
+    path = write(
+        tmp_path,
+        {
+            "cold_start_seconds": 6.5,
+            "cold_start_seconds_warm_cache": 3.0,
+            "rows": [
+                {"model": "minilm", "cache": "cold", "ready_seconds": 6.5},
+                {"model": "minilm", "cache": "warm", "ready_seconds": 3.0},
+                {"model": "decoder", "cache": "cold", "ready_seconds": 21.0},
+            ],
+        },
+    )
+    assert load_ready_s(path) == 6.5
+    assert load_ready_s(path, "decoder") == 21.0
+    assert load_ready_s(path, "minilm") == 6.5

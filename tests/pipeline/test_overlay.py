@@ -7,7 +7,6 @@ is what only the pipeline overlay must hold together.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -48,7 +48,8 @@ def test_balance_is_the_best_contiguous_split(
             balance(costs, k)
         return
     ranges = balance([float(c) for c in costs], k, first, last)
-    assert [r.start for r in ranges][0] == 0 and ranges[-1].stop == len(costs)
+    assert ranges[0].start == 0
+    assert ranges[-1].stop == len(costs)
     assert all(len(r) >= 1 for r in ranges)
     assert all(a.stop == b.start for a, b in itertools.pairwise(ranges))
     worst = max(
@@ -66,7 +67,7 @@ def test_split_covers_every_tensor_once_and_leaves_the_model_alone(model_root: P
     before = snapshot(model_root / "minilm")
     pipeline = split_model(model_root, "minilm", None, 3)
     assert snapshot(model_root / "minilm") == before
-    assert pipeline.k == 3 and pipeline.model_type == "bert" and pipeline.num_layers == 6
+    assert (pipeline.k, pipeline.model_type, pipeline.num_layers) == (3, "bert", 6)
     header = read_header(model_root / "minilm" / "1" / "model.safetensors")
     covered: list[tuple[int, int]] = sorted(
         (r.offset, r.offset + r.length) for s in pipeline.stages for r in s.ranges
@@ -80,13 +81,14 @@ def test_split_covers_every_tensor_once_and_leaves_the_model_alone(model_root: P
     # Everything but the tokenizer's position_ids buffer (not a weight) is in one stage.
     assert set(header.tensors) - inside == {"embeddings.position_ids"}
     assert sum(s.bytes for s in pipeline.stages) == sum(hi - lo for lo, hi in covered)
-    assert pipeline.stages[0].embeddings and pipeline.stages[-1].head
+    assert pipeline.stages[0].embeddings
+    assert pipeline.stages[-1].head
 
 
 def test_split_by_time_measures_layers(model_root: Path) -> None:
     pipeline = split_model(model_root, "decoder", None, 2, by="time")
     assert pipeline.balance == "time"
-    assert [s.layers for s in pipeline.stages][0][0] == 0
+    assert pipeline.stages[0].layers[0] == 0
     assert all(s.cost > 0 for s in pipeline.stages)
 
 
@@ -115,7 +117,10 @@ def test_a_stage_reads_and_verifies_only_its_ranges(model_root: Path, tmp_path: 
 
 
 def test_cli_writes_the_manifest_outside_the_root(
-    model_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    model_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["split", str(model_root), "decoder:1", "--stages", "2"]) == 0

@@ -93,8 +93,10 @@ def test_decoder_three_stages_match_the_single_process(
     cluster = start_cluster(model_root, "decoder", 3, tmp_path, PODSERVE_PIPELINE_MICRO_BATCH="1",
                             PODSERVE_PIPELINE_INFLIGHT="4")  # fmt: skip
     try:
-        assert [p.layers[1] - p.layers[0] for p in cluster.pipeline.stages] in ([1, 1, 2],
-                                                                                [1, 2, 1])
+        assert [p.layers[1] - p.layers[0] for p in cluster.pipeline.stages] in (
+            [1, 1, 2],
+            [1, 2, 1],
+        )
         np.testing.assert_allclose(infer(cluster, texts), reference("decoder", texts),
                                    atol=1e-5, rtol=0)  # fmt: skip
         check_bytes_read(cluster)
@@ -131,6 +133,7 @@ def test_a_stage_down_fails_fast_and_recovers(minilm_k2: Cluster, reference: Ref
     cluster.start(2)
     cluster.wait_ready(2)
     cluster.wait_ready(0, timeout=30)  # the entry notices by itself: no restart
-    assert cluster.entry.proc is not None and cluster.entry.proc.poll() is None
+    assert cluster.entry.proc is not None
+    assert cluster.entry.proc.poll() is None
     np.testing.assert_allclose(infer(cluster, TEXTS[:2]), reference("minilm", TEXTS[:2]),
                                atol=1e-5, rtol=0)  # fmt: skip

@@ -5,13 +5,20 @@ drains at each batch size, and how long a new pod takes before it consumes. Both
 JSON files that ``benchmarks/`` writes. The readers look for *records* (JSON objects, at any depth
 of the file) with these fields, so a results file may hold other data beside them:
 
-* throughput (``benchmarks/results/serve.json`` or ``queue.json``): a record with a number in
-  ``throughput_rps`` (or ``requests_per_s``, ``messages_per_s``, ``rps``) and, optionally,
-  ``batch_size`` (int) and ``model`` (str). The best value per batch size is kept; a record
-  without ``batch_size`` is the replica's rate whatever the batch.
-* cold start (``benchmarks/results/cold_start.json``): a record with ``time_to_ready_s`` (process
-  start to ready, weights loaded and warmed up), optionally ``model`` and ``cache``
-  (``"cold"``/``"warm"``); cold-cache records win, then the slowest.
+* throughput (``benchmarks/results/queue.json`` or ``serve.json``): a record with a number in
+  ``throughput_rps`` (or ``requests_per_s``, ``messages_per_s``, ``rps``) and, optionally, its
+  batch size in ``batch_size`` or ``max_batch_size`` and ``model`` (str); or a
+  ``by_batch_size`` mapping ``{"8": req/s, …}`` (what ``benchmarks/queue_worker.py`` sweeps). The best
+  value per batch size is kept. A rate with no batch size (a file's headline
+  ``throughput_rps``) is used, as the rate at any batch, only when nothing names a batch size.
+* cold start (``benchmarks/results/cold_start.json``): ``time_to_ready_s``, ``ready_seconds`` or
+  ``cold_start_seconds`` (process start to ready: weights loaded, warmed up). Without a model
+  the file's top-level value is its headline and wins; otherwise records of that model count
+  (``model``, optionally ``cache``: ``"cold"``/``"warm"``), cold-cache records first, then
+  the slowest.
+
+A record's ``model`` matches ``--model NAME`` when it is NAME or starts with ``"NAME "`` (as in
+``"minilm (all-MiniLM-L6-v2, …)"``); a record without one matches every model.
 
 Scheduling and image pull are not measured by podserve; they are added from the CLI.
 """
@@ -28,7 +35,9 @@ from typing import Any
 from podserve.errors import ConfigurationError
 
 THROUGHPUT_FIELDS = ("throughput_rps", "requests_per_s", "messages_per_s", "rps")
-READY_FIELD = "time_to_ready_s"
+BATCH_FIELDS = ("batch_size", "max_batch_size")
+BY_BATCH_FIELD = "by_batch_size"
+READY_FIELDS = ("time_to_ready_s", "ready_seconds", "cold_start_seconds")
 
 
 @dataclass(frozen=True)
@@ -115,41 +124,74 @@ def _is_number(value: Any) -> bool:
 
 
 def _matches(record: dict[str, Any], model: str | None) -> bool:
-    return model is None or record.get("model") in (None, model)
+    name = record.get("model")
+    if model is None or name is None:
+        return True
+    return isinstance(name, str) and (name == model or name.startswith(model + " "))
+
+
+def _batch(value: Any) -> int | None:
+    """A batch size >= 1 from an int or a JSON key like ``"8"``; None otherwise."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    return None
 
 
 def load_throughput(path: Path, model: str | None = None) -> dict[int, float]:
     """Best measured req/s per batch size for ``model`` (see the module docstring)."""
     best: dict[int, float] = {}
+    anybatch: list[float] = []
+
+    def keep(batch: int | None, rate: Any) -> None:
+        if batch is not None and _is_number(rate) and rate > 0:
+            best[batch] = max(best.get(batch, 0.0), float(rate))
+
     for record in _records(_load(path)):
+        if not _matches(record, model):
+            continue
+        by_batch = record.get(BY_BATCH_FIELD)
+        if isinstance(by_batch, dict):
+            for key, rate in by_batch.items():
+                keep(_batch(key), rate)
         rate = next((record[f] for f in THROUGHPUT_FIELDS if _is_number(record.get(f))), None)
-        if rate is None or rate <= 0 or not _matches(record, model):
+        if rate is None or rate <= 0:
             continue
-        batch = record.get("batch_size", 1)
-        if not isinstance(batch, int) or batch < 1:
-            continue
-        best[batch] = max(best.get(batch, 0.0), float(rate))
-    if not best:
-        raise ConfigurationError(
-            f"{path}: no record with {'/'.join(THROUGHPUT_FIELDS)}"
-            + (f" for model {model!r}" if model else "")
-            + "; pass --throughput BATCH:RPS,… instead"
-        )
-    return best
+        field = next((f for f in BATCH_FIELDS if f in record), None)
+        if field is None:
+            anybatch.append(float(rate))
+        else:
+            keep(_batch(record[field]), rate)
+    if best:
+        return best
+    if anybatch:
+        return {1: max(anybatch)}
+    raise ConfigurationError(
+        f"{path}: no record with {'/'.join(THROUGHPUT_FIELDS)} or {BY_BATCH_FIELD}"
+        + (f" for model {model!r}" if model else "")
+        + "; pass --throughput BATCH:RPS,… instead"
+    )
+
+
+def _ready_value(record: dict[str, Any]) -> float | None:
+    value = next((record[f] for f in READY_FIELDS if _is_number(record.get(f))), None)
+    return None if value is None or value < 0 else float(value)
 
 
 def load_ready_s(path: Path, model: str | None = None) -> float:
-    """Measured time to ready for ``model``: a cold-cache record if any, the slowest otherwise."""
+    """Measured time to ready for ``model``: see the module docstring for which record wins."""
+    data = _load(path)
+    if model is None and isinstance(data, dict) and (headline := _ready_value(data)) is not None:
+        return headline
     found: list[tuple[bool, float]] = []
-    for record in _records(_load(path)):
-        value = record.get(READY_FIELD)
-        if not isinstance(value, int | float) or not _is_number(value) or value < 0:
-            continue
-        if _matches(record, model):
-            found.append((record.get("cache") == "cold", float(value)))
+    for record in _records(data):
+        value = _ready_value(record)
+        if value is not None and _matches(record, model):
+            found.append((record.get("cache") == "cold", value))
     if not found:
         raise ConfigurationError(
-            f"{path}: no record with {READY_FIELD}"
+            f"{path}: no record with {'/'.join(READY_FIELDS)}"
             + (f" for model {model!r}" if model else "")
             + "; pass --ready-s SECONDS instead"
         )

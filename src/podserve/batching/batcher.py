@@ -292,8 +292,8 @@ class Batcher:
             self._inflight -= len(batch)
             if not self._heap and not self._inflight:
                 self._idle.set()
-        for part in retry:  # no await since the finally: drain() still sees them in flight
-            await self._execute(part)
+        for half in retry:  # no await since the finally: drain() still sees them in flight
+            await self._execute(half)
 
     def _after_oom(self, batch: list[_Item], exc: ResourceExhaustedError) -> list[list[_Item]]:
         """The halves to retry with a lower cap, or [] when a lone request failed (400)."""

@@ -16,6 +16,7 @@ fails with ``UNAVAILABLE`` marks its stage down at once, and requests fail fast 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -80,7 +81,10 @@ class StageClients:
     # --- lifecycle ------------------------------------------------------------------------
 
     def _call(self, coro: Awaitable[T], timeout: float | None = None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+            coro,  # type: ignore[arg-type]
+            self._loop,
+        )
         return future.result(timeout)
 
     async def _open(self) -> None:

@@ -120,9 +120,7 @@ class PipelineEntry(Model):
         if not texts:
             return {out_name: np.zeros((*lead, *self.outputs[0].shape), np.float32)}
         size = self.settings.pipeline_micro_batch or len(texts)
-        batches = [
-            self._tokenizer.encode(texts[i : i + size]) for i in range(0, len(texts), size)
-        ]
+        batches = [self._tokenizer.encode(texts[i : i + size]) for i in range(0, len(texts), size)]
         hidden = self.clients.run(batches, self.settings.pipeline_inflight)
         pooled = np.concatenate(
             [self._pool(h, b["attention_mask"]) for h, b in zip(hidden, batches, strict=True)]

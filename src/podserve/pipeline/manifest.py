@@ -83,7 +83,7 @@ class StagePlan(_Strict):
 class Pipeline(_Strict):
     """The contents of a pipeline manifest file."""
 
-    kind: Literal["podserve-pipeline"] = KIND
+    kind: Literal["podserve-pipeline"] = "podserve-pipeline"
     model: str
     version: str
     model_type: str
@@ -107,7 +107,8 @@ class Pipeline(_Strict):
             f"# podserve pipeline: {self.model} version {self.version} in {self.k} stages.\n"
             "# Written by `podserve split`; the model's own files are not touched.\n"
         )
-        return head + yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        body: str = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return head + body
 
 
 def load_pipeline(path: Path) -> Pipeline:

@@ -97,9 +97,7 @@ def split_model(
         for i, layers in enumerate(ranges):
             is_first, is_last = i == 0, i == k - 1
             names = arch.select_tensors(where, layers=layers, embeddings=is_first, head=is_last)
-            spans = _merge(
-                [(where[n], *mapped.headers[where[n]].ranges([n])[n]) for n in names]
-            )
+            spans = _merge([(where[n], *mapped.headers[where[n]].ranges([n])[n]) for n in names])
             hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
             for file, offset, length in spans:
                 hasher.update(mapped.views[file][offset : offset + length])

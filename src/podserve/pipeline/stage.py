@@ -40,6 +40,8 @@ from podserve.storage.reader import read_range
 from podserve.storage.repository import ModelRepository, ModelVersion
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     import torch
 
     from podserve.settings import Settings
@@ -118,7 +120,7 @@ def read_stage_weights(
             )
         head = read_range(path, 0, spec.header_length)
         total += spec.header_length
-        if verify and blake3.blake3(head).hexdigest() != spec.header_blake3:
+        if verify and blake3.blake3(head.data).hexdigest() != spec.header_blake3:
             raise IntegrityError(f"{path}: safetensors header BLAKE3 mismatch")
         headers[name] = parse_header(head, str(path), file_size=entry.size)
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if verify else None
@@ -131,7 +133,7 @@ def read_stage_weights(
         buf = read_range(version.path / r.file, r.offset, r.length)
         total += r.length
         if hasher is not None:
-            hasher.update(buf)
+            hasher.update(buf.data)
         inside = [i.name for i in header.tensors.values()
                   if r.offset <= i.start and i.end <= r.offset + r.length]  # fmt: skip
         tensors |= header.view(buf, inside, offset=r.offset)
@@ -235,17 +237,20 @@ def run_stage(settings: Settings) -> int:
             "by `podserve split` (or PODSERVE_PIPELINE_MANIFEST to its contents)"
         )
     index = parse_stage(settings.stage or "", pipeline)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        runner = asyncio.run
     if index == 0:
         from podserve.pipeline.entry import serve_entry
 
-        return runner(serve_entry(settings, pipeline))
-    return runner(_serve_stage(settings, pipeline, index))
+        return _run(serve_entry(settings, pipeline))
+    return _run(_serve_stage(settings, pipeline, index))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop when available, as lifecycle.run_server does."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def _serve_stage(settings: Settings, pipeline: Pipeline, index: int) -> int:

@@ -22,8 +22,9 @@ def word_tokenizer(vocab: int) -> str:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = {"[PAD]": 0, "[UNK]": 1} | {f"w{i}": i for i in range(2, vocab)}
-    tok = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))  # type: ignore[call-arg]
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # type: ignore[assignment]
+    unknown = "[UNK]"
+    tok = Tokenizer(models.WordLevel(words, unknown))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     out: str = tok.to_str()
     return out
 

@@ -70,7 +70,8 @@ def _check(args: argparse.Namespace, cuda_count: int) -> tuple[list[dict[str, An
     from podserve.settings import Settings
     from podserve.storage.repository import ModelRepository, parse_model_ref
 
-    settings = Settings(**({"model_root": Path(args.root)} if args.root else {}))
+    overrides: dict[str, Any] = {"model_root": Path(args.root)} if args.root else {}
+    settings = Settings(**overrides)
     repo = ModelRepository(settings.model_root)
     refs = [parse_model_ref(r) for r in (args.models or settings.models)]
     if not refs:

@@ -26,6 +26,14 @@ statistics to probe; and a batch's activations are small next to the weights and
 cache. Size ``max_batch_size`` (and the pod's memory limit) instead. ONNX Runtime on CUDA
 keeps its own arena that torch's statistics cannot see: it is not probed either.
 
+Weights reach the device straight from the mapped file: the torch and transformers runtimes
+build the module on views of the verified, memory-mapped safetensors file and call
+``.to(device)``, one host→device copy per tensor with no intermediate host copy (the driver
+stages pageable memory through its own small pinned buffers). A pinned double buffer or
+registering the mapping (``cudaHostRegister``) can be faster and ``safe_open(device="cuda")``
+reads into host memory first; ``benchmarks/gpu_check.py`` measures all three. GPUDirect
+Storage would skip host memory entirely but needs O_DIRECT-capable storage: not used.
+
 Out-of-memory never kills the server: the runtimes translate the framework's error
 (:func:`is_out_of_memory`) into :class:`~podserve.errors.ResourceExhaustedError` at their
 border, and the batcher splits such a batch in halves, retries, lowers the cap and counts it

@@ -255,7 +255,7 @@ async def retrying(
 
 def _delay(backoff_s: float, attempt: int) -> float:
     jitter: float = random.uniform(0.5, 1.0)  # noqa: S311 - not cryptographic
-    return min(30.0, backoff_s * 2**attempt) * jitter
+    return min(30.0, backoff_s * 2.0**attempt) * jitter
 
 
 def _pwritev(fd: int, buffers: list[bytes], offset: int) -> None:

@@ -15,22 +15,16 @@ way (podserve's transformers runtime):
 ``by_batch_size`` repeats the worker run with ``max_batch_size`` capped at each size (smaller
 backlog) and records rows/s: what one replica sustains at that batch size, for the planner.
 
-    python benchmarks/queue.py [--backlog 2000] [--sweep-backlog 400] [--no-sweep]
+    python benchmarks/queue_worker.py [--backlog 2000] [--sweep-backlog 400] [--no-sweep]
 """
 
 from __future__ import annotations
-
-import sys
-
-# Run as a script, this file's folder comes first on sys.path and "queue.py" would shadow the
-# standard library's queue module (which concurrent.futures imports): drop that entry.
-if sys.path and sys.path[0] == __import__("os").path.dirname(__file__):
-    del sys.path[0]
 
 import argparse
 import asyncio
 import json
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -201,7 +195,7 @@ async def main() -> None:
         "benchmark": "queue",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores, no GPU",
-        "command": " ".join(["python", "benchmarks/queue.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "benchmarks/queue_worker.py", *sys.argv[1:]]),
         "model": "minilm (all-MiniLM-L6-v2, transformers runtime, max_batch_size 32)",
         "backlog": args.backlog,
         "podserve_worker": worker,
