@@ -26,6 +26,12 @@ def wrk_path() -> str:
     return path
 
 
+def wrk_version() -> str:
+    done = subprocess.run([wrk_path(), "-v"], capture_output=True, text=True)
+    words = (done.stdout + done.stderr).split()
+    return words[1] if len(words) > 1 else "?"
+
+
 def _wrk(url: str, body: Path, conns: int, seconds: float) -> tuple[dict, float]:
     argv = [wrk_path(), "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
     argv += ["-s", str(LUA), url]

@@ -105,8 +105,10 @@ def render(result: dict, peers: list[str]) -> str:
             "(2 cores; above ~2 means other work was running beside the benchmark)"
         )
     for n, c in sorted(result.get("ceiling", {}).items()):
+        both = f" (start {c['early']:,.0f}, end {c['late']:,.0f})" if "early" in c else ""
         lines.append(
-            f"- ceiling, {n} intra-op thread(s): {c['rows_per_s']:,.0f} rows/s (batch {c['batch']})"
+            f"- ceiling, {n} intra-op thread(s): {c['rows_per_s']:,.0f} rows/s at batch "
+            f"{c['batch']}, the better of two measurements{both}"
         )
     lines += ["", *checks(result)]
     return "\n".join(lines)
@@ -115,7 +117,13 @@ def render(result: dict, peers: list[str]) -> str:
 def checks(result: dict) -> list[str]:
     """The issue's targets, each with its measured value: met, missed, or not measured."""
     grid = _cells(result)
+    loads = [r["loadavg_1m"] for r in result["rows"] if "loadavg_1m" in r]
     out = ["Targets:"]
+    if loads and max(loads) > 3:
+        out[0] = (
+            f"Targets (1-minute load average reached {max(loads):.1f} on 2 cores during the run: "
+            "the servers competed with other work, so these verdicts are not conclusive):"
+        )
 
     def get(model: str, threads: int, batching: str, conc: int, peer: str) -> dict | None:
         r = grid.get((model, threads if model == "minilm" else 0, batching, conc), {}).get(peer)

@@ -8,8 +8,8 @@ of the file) with these fields, so a results file may hold other data beside the
 * throughput (``benchmarks/results/queue.json`` or ``serve.json``): a record with a number in
   ``throughput_rps`` (or ``requests_per_s``, ``messages_per_s``, ``rps``) and, optionally, its
   batch size in ``batch_size`` or ``max_batch_size`` and ``model`` (str); or a
-  ``by_batch_size`` mapping ``{"8": req/s, …}`` (what ``benchmarks/queue_worker.py`` sweeps). The best
-  value per batch size is kept. A rate with no batch size (a file's headline
+  ``by_batch_size`` mapping ``{"8": req/s, …}`` (what ``benchmarks/queue_worker.py`` sweeps).
+  The best value per batch size is kept. A rate with no batch size (a file's headline
   ``throughput_rps``) is used, as the rate at any batch, only when nothing names a batch size.
 * cold start (``benchmarks/results/cold_start.json``): ``time_to_ready_s``, ``ready_seconds`` or
   ``cold_start_seconds`` (process start to ready: weights loaded, warmed up). Without a model
