@@ -369,22 +369,28 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     cal = report["calibrated"]
-    print(f"calibrated ({cal['replicas_started_together']} workers started together): "
-          f"{cal['rate_per_replica']:.1f} msg/s per replica, start → consuming "
-          f"{cal['cold_starts']} s (median {cal['ready_s']:.2f} s), first reply "
-          f"{cal['first_reply_s']:.2f} s")  # fmt: skip
+    print(
+        f"calibrated ({cal['replicas_started_together']} workers started together): "
+        f"{cal['rate_per_replica']:.1f} msg/s per replica, start → consuming "
+        f"{cal['cold_starts']} s (median {cal['ready_s']:.2f} s), first reply "
+        f"{cal['first_reply_s']:.2f} s"
+    )
     print(f"real replicas: {report['real_timeline']}")
     print(f"sim replicas:  {report['sim_timeline']}")
     print(f"real cold starts (start → consuming): {report['real_cold_starts']}")
     print(f"bad replies: {report['bad_replies']}; logs under {scratch}")
-    print(f"in situ (the scale run's median cold start {report['in_situ_ready_s']:.2f} s): "
-          f"{report['in_situ_timeline']}")  # fmt: skip
+    print(
+        f"in situ (the scale run's median cold start {report['in_situ_ready_s']:.2f} s): "
+        f"{report['in_situ_timeline']}"
+    )
     print("\n| quantity | real | simulated (calibrated) | error | simulated (in situ) | error |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, row in report["rows"].items():
         situ = report["in_situ_rows"][name]
-        print(f"| {name} | {row['real']:.2f} | {row['sim']:.2f} | {row['error']:.0%} "
-              f"| {situ['sim']:.2f} | {situ['error']:.0%} |")  # fmt: skip
+        print(
+            f"| {name} | {row['real']:.2f} | {row['sim']:.2f} | {row['error']:.0%} "
+            f"| {situ['sim']:.2f} | {situ['error']:.0%} |"
+        )
 
 
 if __name__ == "__main__":

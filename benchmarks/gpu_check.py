@@ -209,8 +209,10 @@ async def _load(dp: Any, name: str) -> dict[str, Any]:
         raise SystemExit(f"{name} did not load: {served.reason}")
     params = dict(dp.model_metadata(name)["parameters"])
     params["seconds"] = time.perf_counter() - started
-    print(f"   {name}: loaded in {params['seconds']:.2f} s on {params.get('device')}, "
-          f"batch cap {params['batch_cap']}")  # fmt: skip
+    print(
+        f"   {name}: loaded in {params['seconds']:.2f} s on {params.get('device')}, "
+        f"batch cap {params['batch_cap']}"
+    )
     return params
 
 
@@ -229,18 +231,21 @@ def _stage_big(tmp: Path, root: Path, size_gb: float) -> tuple[Path, int]:
     tensors = {
         f"layers.{i}.weight": (torch.rand(width, width, generator=gen, dtype=torch.float16) - 0.5)
         for i in range(layers)
-    }  # fmt: skip
+    }
     save_file(tensors, str(src / "model.safetensors"))
     del tensors
     dest = root / "big" / "1"
-    stage_model({"model.py": src / "model.py", "model.safetensors": src / "model.safetensors"},
-                dest, {
-        "runtime": "torch",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [width]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [width]}],
-        "max_batch_size": 64,
-        "options": {"module": "model.py:Big", "kwargs": {"layers": layers, "width": width}},
-    })  # fmt: skip
+    stage_model(
+        {"model.py": src / "model.py", "model.safetensors": src / "model.safetensors"},
+        dest,
+        {
+            "runtime": "torch",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [width]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [width]}],
+            "max_batch_size": 64,
+            "options": {"module": "model.py:Big", "kwargs": {"layers": layers, "width": width}},
+        },
+    )
     (src / "model.safetensors").unlink()
     path = dest / "model.safetensors"
     return path, path.stat().st_size
@@ -252,14 +257,18 @@ def _stage_hungry(tmp: Path, root: Path, floats: int) -> None:
     src = tmp / "src-hungry"
     src.mkdir()
     (src / "model.py").write_text(HUNGRY_NET, encoding="utf-8")
-    stage_model({"model.py": src / "model.py"}, root / "hungry" / "1", {
-        "runtime": "torch",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
-        "max_batch_size": 4096,
-        "batching": {"max_queue_delay_ms": 50},
-        "options": {"module": "model.py:Hungry", "kwargs": {"floats": floats}},
-    })  # fmt: skip
+    stage_model(
+        {"model.py": src / "model.py"},
+        root / "hungry" / "1",
+        {
+            "runtime": "torch",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+            "max_batch_size": 4096,
+            "batching": {"max_queue_delay_ms": 50},
+            "options": {"module": "model.py:Hungry", "kwargs": {"floats": floats}},
+        },
+    )
 
 
 def _host_to_device(path: Path, device: str) -> dict[str, float]:
@@ -325,10 +334,12 @@ async def _force_split(dp: Any) -> dict[str, Any]:
     one = np.ones((1, 1), np.float32)
     started = time.perf_counter()
     outcomes = await asyncio.gather(
-        *(dp.infer(InferRequest("hungry", [InferTensor("x", "FP32", (1, 1), one)]))
-          for _ in range(n)),
+        *(
+            dp.infer(InferRequest("hungry", [InferTensor("x", "FP32", (1, 1), one)]))
+            for _ in range(n)
+        ),
         return_exceptions=True,
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - started
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     splits = (metrics.sample("podserve_oom_splits_total", {"model": "hungry"}) or 0.0) - (
@@ -351,8 +362,9 @@ async def _steady(dp: Any, requests: int, cuda: bool) -> dict[str, Any]:
 
     def request(i: int) -> InferRequest:
         text = " ".join(words * (1 + i % 5))[: 20 + (i * 37) % 300].encode()
-        return InferRequest(DEMO_MODEL, [InferTensor("text", "BYTES", (1,),
-                                                     np.array([text], dtype=object))])  # fmt: skip
+        return InferRequest(
+            DEMO_MODEL, [InferTensor("text", "BYTES", (1,), np.array([text], dtype=object))]
+        )
 
     async def run(start: int, count: int, wave: int = 256) -> None:
         for first in range(start, start + count, wave):

@@ -67,8 +67,7 @@ def _serve(root: Path) -> tuple[GrpcServer, asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     settings = Settings(model_root=root, max_body_bytes=256 * 1024 * 1024)
-    dp = DataPlane(ModelRepository(root), settings,
-                   factory=lambda mv, s: PassThrough(mv, s))  # fmt: skip
+    dp = DataPlane(ModelRepository(root), settings, factory=lambda mv, s: PassThrough(mv, s))
     server = GrpcServer(dp, settings, "127.0.0.1", 0)
 
     async def start() -> None:
@@ -88,9 +87,17 @@ def main() -> None:
     (tmp / "w.txt").write_text("none\n")
     specs = [{"name": f"x_{dt}", "datatype": dt, "shape": [-1, -1]} for dt in ("FP32", "FP16")]
     outs = [{**s, "name": f"y_{s['datatype']}"} for s in specs]
-    stage_model({"w.txt": tmp / "w.txt"}, tmp / "models" / "pass" / "1",
-                {"runtime": "python", "inputs": specs, "outputs": outs, "max_batch_size": 8,
-                 "batching": {"max_queue_delay_ms": 0.0}})  # fmt: skip
+    stage_model(
+        {"w.txt": tmp / "w.txt"},
+        tmp / "models" / "pass" / "1",
+        {
+            "runtime": "python",
+            "inputs": specs,
+            "outputs": outs,
+            "max_batch_size": 8,
+            "batching": {"max_queue_delay_ms": 0.0},
+        },
+    )
     server, loop = _serve(tmp / "models")
     channel = grpc.insecure_channel(
         f"127.0.0.1:{server.port}",
@@ -102,26 +109,32 @@ def main() -> None:
         x = rng.standard_normal(shape).astype(np.float16 if dt == "FP16" else np.float32)
         other = "FP32" if dt == "FP16" else "FP16"
         y = np.zeros((1, 1, 1), np.float32 if other == "FP32" else np.float16)
-        req = InferRequest("pass", [InferTensor(f"x_{dt}", dt, x.shape, x),
-                                    InferTensor(f"x_{other}", other, y.shape, y)])  # fmt: skip
+        req = InferRequest(
+            "pass",
+            [InferTensor(f"x_{dt}", dt, x.shape, x), InferTensor(f"x_{other}", other, y.shape, y)],
+        )
         wire = convert.request_to_pb(req).SerializeToString()
         resp = V2Response("pass", "1", [output_tensor(f"y_{dt}", x)])
-        decode = _timeit(lambda w=wire: convert.request_from_pb(pb.ModelInferRequest.FromString(w)),
-                         args.seconds)  # fmt: skip
+        decode = _timeit(
+            lambda w=wire: convert.request_from_pb(pb.ModelInferRequest.FromString(w)), args.seconds
+        )
         encode = _timeit(lambda r=resp: convert.response_to_pb(r).SerializeToString(), args.seconds)
         msg = convert.request_to_pb(req)
         got = convert.response_from_pb(stub.ModelInfer(msg))
         assert np.array_equal({t.name: t.data for t in got.outputs}[f"y_{dt}"], x)
         trip = _timeit(lambda m=msg: stub.ModelInfer(m), args.seconds)
         mb = x.nbytes / 1e6
-        rows.append({
-            "tensor": label, "bytes": x.nbytes,
-            "decode_ms": statistics.median(decode) * 1e3,
-            "encode_ms": statistics.median(encode) * 1e3,
-            "roundtrip_p50_ms": statistics.median(trip) * 1e3,
-            "roundtrip_p99_ms": float(np.percentile(trip, 99)) * 1e3,
-            "roundtrip_MBps": mb / statistics.median(trip),
-        })  # fmt: skip
+        rows.append(
+            {
+                "tensor": label,
+                "bytes": x.nbytes,
+                "decode_ms": statistics.median(decode) * 1e3,
+                "encode_ms": statistics.median(encode) * 1e3,
+                "roundtrip_p50_ms": statistics.median(trip) * 1e3,
+                "roundtrip_p99_ms": float(np.percentile(trip, 99)) * 1e3,
+                "roundtrip_MBps": mb / statistics.median(trip),
+            }
+        )
     channel.close()
     asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
     asyncio.run_coroutine_threadsafe(server.dataplane.stop(), loop).result(10)
@@ -132,9 +145,11 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['tensor']} | {r['bytes']} | {r['decode_ms']:.3f} | {r['encode_ms']:.3f} | "
-              f"{r['roundtrip_p50_ms']:.2f} | {r['roundtrip_p99_ms']:.2f} | "
-              f"{r['roundtrip_MBps']:.0f} |")  # fmt: skip
+        print(
+            f"| {r['tensor']} | {r['bytes']} | {r['decode_ms']:.3f} | {r['encode_ms']:.3f} | "
+            f"{r['roundtrip_p50_ms']:.2f} | {r['roundtrip_p99_ms']:.2f} | "
+            f"{r['roundtrip_MBps']:.0f} |"
+        )
     out = Path(__file__).parent / "results" / "grpc_raw.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=2) + "\n")

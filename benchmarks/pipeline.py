@@ -53,8 +53,9 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def texts(n: int, words: int, offset: int = 0) -> list[str]:
-    return [" ".join(f"w{2 + (i * 7 + j * 13 + offset) % 1000}" for j in range(words))
-            for i in range(n)]  # fmt: skip
+    return [
+        " ".join(f"w{2 + (i * 7 + j * 13 + offset) % 1000}" for j in range(words)) for i in range(n)
+    ]
 
 
 def measure(port: int, model: str, batch: list[str], repeats: int) -> dict[str, float]:
@@ -71,12 +72,15 @@ def measure(port: int, model: str, batch: list[str], repeats: int) -> dict[str, 
         status, body = http(port, f"/v2/models/{model}/infer", embed_request(batch), 600)
         assert status == 200, body
     seconds = time.perf_counter() - start
-    return {"latency_ms_p50": statistics.median(lat) * 1000,
-            "rows_per_s": repeats * len(batch) / seconds}  # fmt: skip
+    return {
+        "latency_ms_p50": statistics.median(lat) * 1000,
+        "rows_per_s": repeats * len(batch) / seconds,
+    }
 
 
-def single_process(root: Path, model: str, work: Path, batch: list[str], repeats: int
-                   ) -> dict[str, float]:  # fmt: skip
+def single_process(
+    root: Path, model: str, work: Path, batch: list[str], repeats: int
+) -> dict[str, float]:
     """The unsplit model served by one ordinary `podserve serve` process."""
     import subprocess
 
@@ -116,8 +120,9 @@ def single_process(root: Path, model: str, work: Path, batch: list[str], repeats
         proc.wait()
 
 
-def run_model(root: Path, model: str, work: Path, batch: list[str], micro: int, repeats: int
-              ) -> list[dict[str, Any]]:  # fmt: skip
+def run_model(
+    root: Path, model: str, work: Path, batch: list[str], micro: int, repeats: int
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     single = single_process(root, model, work, batch, repeats)
     rows.append({"model": model, "stages": 1, "mode": "single process", **single})
@@ -128,8 +133,11 @@ def run_model(root: Path, model: str, work: Path, batch: list[str], micro: int, 
         cluster = start_cluster(root, model, k, kdir, PODSERVE_PIPELINE_MICRO_BATCH="0")
         try:
             stage_rss: list[float] = []
-            for mode, size, inflight in (("whole", 0, 1), ("sequential", micro, 1),
-                                          ("pipelined", micro, k + 1)):  # fmt: skip
+            for mode, size, inflight in (
+                ("whole", 0, 1),
+                ("sequential", micro, 1),
+                ("pipelined", micro, k + 1),
+            ):
                 cluster.kill(0)
                 cluster.env["PODSERVE_PIPELINE_MICRO_BATCH"] = str(size)
                 cluster.env["PODSERVE_PIPELINE_INFLIGHT"] = str(inflight)
@@ -137,13 +145,19 @@ def run_model(root: Path, model: str, work: Path, batch: list[str], micro: int, 
                 cluster.wait_ready(0, timeout=300)
                 result = measure(cluster.entry.http_port, model, batch, repeats)
                 stage_rss = [peak_rss_mb(n.proc.pid) for n in cluster.nodes[1:] if n.proc]
-                rows.append({
-                    "model": model, "stages": k, "mode": mode, **result,
-                    "micro_batch": size, "inflight": inflight,
-                    "peak_rss_mb": max(stage_rss),
-                    "stage_rss_mb": [round(r) for r in stage_rss],
-                    "entry_rss_mb": peak_rss_mb(cluster.entry.proc.pid),  # type: ignore[union-attr]
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "model": model,
+                        "stages": k,
+                        "mode": mode,
+                        **result,
+                        "micro_batch": size,
+                        "inflight": inflight,
+                        "peak_rss_mb": max(stage_rss),
+                        "stage_rss_mb": [round(r) for r in stage_rss],
+                        "entry_rss_mb": peak_rss_mb(cluster.entry.proc.pid),  # type: ignore[union-attr]
+                    }
+                )
                 print(rows[-1], flush=True)
         finally:
             cluster.stop()
@@ -180,22 +194,30 @@ def main() -> None:
         stage_demo(root)
         rows = run_model(root, "minilm", work, texts(32, 12), micro=8, repeats=args.repeats)
         if not args.skip_decoder:
-            dest = stage_synthetic_decoder(root, "decoder24", layers=args.decoder_layers,
-                                           hidden=args.decoder_hidden)  # fmt: skip
+            dest = stage_synthetic_decoder(
+                root, "decoder24", layers=args.decoder_layers, hidden=args.decoder_hidden
+            )
             size = (dest / "model.safetensors").stat().st_size
             print(f"decoder24: {size / 1e9:.2f} GB", flush=True)
-            rows += run_model(root, "decoder24", work, texts(8, 16), micro=2,
-                              repeats=max(1, args.repeats - 1))  # fmt: skip
+            rows += run_model(
+                root, "decoder24", work, texts(8, 16), micro=2, repeats=max(1, args.repeats - 1)
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the 1.5 GB decoder goes with it
     print(table(rows))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/pipeline.py " + " ".join(sys.argv[1:]),
-        "rows": rows,
-    }, indent=2) + "\n")  # fmt: skip
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "date": time.strftime("%Y-%m-%d"),
+                "command": "python benchmarks/pipeline.py " + " ".join(sys.argv[1:]),
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

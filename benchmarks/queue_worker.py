@@ -75,8 +75,7 @@ async def await_all(client: QueueClient, ids: list[str]) -> float:
 
 async def run_worker(root: Path, n: int, max_batch: int | None) -> dict[str, Any]:
     t = Topology.for_queue(f"bench-queue-{uuid.uuid4().hex[:8]}")
-    settings = Settings(model_root=root, amqp_url=AMQP_URL, queue=t.queue,
-                        max_batch_size=max_batch)  # type: ignore[call-arg]  # fmt: skip
+    settings = Settings(model_root=root, amqp_url=AMQP_URL, queue=t.queue, max_batch_size=max_batch)  # type: ignore[call-arg]
     dataplane = DataPlane(ModelRepository(root), settings)
     await dataplane.start([(DEMO_MODEL, None)])
     try:
@@ -93,10 +92,15 @@ async def run_worker(root: Path, n: int, max_batch: int | None) -> dict[str, Any
         if warm > 0:
             sizes[1] = warm
         mean = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
-        return {"messages": n, "seconds": round(end - start, 3),
-                "throughput_rps": round(n / (end - start), 1), "prefetch": worker.prefetch,
-                "max_batch_size": max_batch or 32, "mean_batch_size": round(mean, 1),
-                "model_busy_share": round(stats.compute_ns / 1e9 / (end - start), 2)}  # fmt: skip
+        return {
+            "messages": n,
+            "seconds": round(end - start, 3),
+            "throughput_rps": round(n / (end - start), 1),
+            "prefetch": worker.prefetch,
+            "max_batch_size": max_batch or 32,
+            "mean_batch_size": round(mean, 1),
+            "model_busy_share": round(stats.compute_ns / 1e9 / (end - start), 2),
+        }
     finally:
         await dataplane.stop()
         await delete(t)
@@ -124,9 +128,19 @@ async def run_naive(root: Path, n: int) -> dict[str, Any]:
                     text = np.empty(1, dtype=object)
                     text[0] = doc["inputs"][0]["data"][0].encode()
                     out = await asyncio.to_thread(model.infer, {"text": text})
-                    reply = orjson.dumps({"model_name": DEMO_MODEL, "outputs": [
-                        {"name": "embedding", "datatype": "FP32", "shape": [1, 384],
-                         "data": out["embedding"].reshape(-1).tolist()}]})  # fmt: skip
+                    reply = orjson.dumps(
+                        {
+                            "model_name": DEMO_MODEL,
+                            "outputs": [
+                                {
+                                    "name": "embedding",
+                                    "datatype": "FP32",
+                                    "shape": [1, 384],
+                                    "data": out["embedding"].reshape(-1).tolist(),
+                                }
+                            ],
+                        }
+                    )
                     await channel.default_exchange.publish(
                         aio_pika.Message(reply, correlation_id=message.correlation_id),
                         message.reply_to or "",
@@ -137,9 +151,14 @@ async def run_naive(root: Path, n: int) -> dict[str, Any]:
                         break
             end = await await_all(client, ids)
             await connection.close()
-        return {"messages": n, "seconds": round(end - start, 3),
-                "throughput_rps": round(n / (end - start), 1), "prefetch": 1,
-                "max_batch_size": 1, "mean_batch_size": 1.0}  # fmt: skip
+        return {
+            "messages": n,
+            "seconds": round(end - start, 3),
+            "throughput_rps": round(n / (end - start), 1),
+            "prefetch": 1,
+            "max_batch_size": 1,
+            "mean_batch_size": 1.0,
+        }
     finally:
         model.unload()
         await delete(t)
@@ -211,8 +230,10 @@ async def main() -> None:
     print("| consumer | messages | seconds | msg/s | prefetch | mean batch |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in (("podserve worker", worker), ("naive consumer", naive)):
-        print(f"| {name} | {r['messages']} | {r['seconds']} | {r['throughput_rps']} | "
-              f"{r['prefetch']} | {r['mean_batch_size']} |")  # fmt: skip
+        print(
+            f"| {name} | {r['messages']} | {r['seconds']} | {r['throughput_rps']} | "
+            f"{r['prefetch']} | {r['mean_batch_size']} |"
+        )
     print(f"\nspeedup: {speedup:.1f}x; model alone (rows/s by batch size): {ceiling}")
     if by_batch:
         print("\n| max batch size | " + " | ".join(by_batch) + " |")

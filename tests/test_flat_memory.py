@@ -55,15 +55,18 @@ def _stage(root: Path) -> Path:
     state = {f"up.{k}": v for k, v in up.state_dict().items()}
     state |= {f"down.{k}": v for k, v in down.state_dict().items()}
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(src / "w.safetensors"))
-    stage_model({"model.py": src / "model.py", "w.safetensors": src / "w.safetensors"},
-                root / "mlp" / "1", {
-        "runtime": "torch",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [WIDTH]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [WIDTH]}],
-        "max_batch_size": 32,
-        "batching": {"max_queue_delay_ms": 1},
-        "options": {"module": "model.py:Mlp", "kwargs": {"width": WIDTH, "hidden": 4 * WIDTH}},
-    })  # fmt: skip
+    stage_model(
+        {"model.py": src / "model.py", "w.safetensors": src / "w.safetensors"},
+        root / "mlp" / "1",
+        {
+            "runtime": "torch",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [WIDTH]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [WIDTH]}],
+            "max_batch_size": 32,
+            "batching": {"max_queue_delay_ms": 1},
+            "options": {"module": "model.py:Mlp", "kwargs": {"width": WIDTH, "hidden": 4 * WIDTH}},
+        },
+    )
     return root
 
 

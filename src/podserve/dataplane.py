@@ -132,8 +132,10 @@ class DataPlane:
     async def load(self, name: str, version: str | None = None) -> ServedModel:
         """Verify, load and warm up one model; failures leave it ``failed`` with the reason."""
         served = self.models.get(name)
-        if served is not None and served.state in ("ready", "draining") and (
-            version is None or version == served.version
+        if (
+            served is not None
+            and served.state in ("ready", "draining")
+            and (version is None or version == served.version)
         ):
             return served  # already serving: loading again would orphan its batcher
         if served is None or served.state in ("unloaded", "failed", "stopped", "ready"):
@@ -153,19 +155,23 @@ class DataPlane:
         served.version, served.manifest, served.model = mv.version, mv.manifest, model
         batching = mv.manifest.batching
         s = self.settings
-        delay_ms = s.max_queue_delay_ms if s.max_queue_delay_ms is not None else (
-            batching.max_queue_delay_ms)  # fmt: skip
+        delay_ms = (
+            s.max_queue_delay_ms
+            if s.max_queue_delay_ms is not None
+            else (batching.max_queue_delay_ms)
+        )
         max_batch = mv.manifest.max_batch_size
         if s.max_batch_size is not None and max_batch > 0:
             max_batch = min(max_batch, s.max_batch_size)
         served.batcher = Batcher(
-            name, model.infer,
+            name,
+            model.infer,
             max_batch_size=max_batch,
             max_queue_delay_s=delay_ms / 1000.0,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             max_queue_size=batching.max_queue_size or s.max_queue_size,
             inline_below_s=s.inline_infer_us / 1e6,
-        )  # fmt: skip
+        )
         apply_plan(name, model, served.batcher, served.extra_metadata)  # memory: cap, budget
         served.batcher.start()
         served.loaded_at = time.time()
@@ -202,9 +208,14 @@ class DataPlane:
                 f"model '{name}' warm-up returned no output {', '.join(missing)}"
             )
         model.report.details["memory_plan"] = plan_memory(model)  # GPU: probe → batch cap
-        log.info("model %s version %s loaded in %.2fs (%d bytes, verified: %s)", name,
-                 mv.version, time.monotonic() - started, model.report.bytes_read,
-                 model.report.verified)  # fmt: skip
+        log.info(
+            "model %s version %s loaded in %.2fs (%d bytes, verified: %s)",
+            name,
+            mv.version,
+            time.monotonic() - started,
+            model.report.bytes_read,
+            model.report.verified,
+        )
         return mv, model
 
     async def unload(self, name: str) -> None:
@@ -328,26 +339,28 @@ class DataPlane:
         out = []
         for served in [self._get(name)] if name else list(self.models.values()):
             st = served.batcher.stats if served.batcher else None
-            out.append({
-                "name": served.name,
-                "version": served.version or "",
-                "state": served.state,
-                "inference_count": st.inference_count if st else 0,
-                "execution_count": st.execution_count if st else 0,
-                "inference_stats": {
-                    "success": {"count": st.success if st else 0},
-                    "fail": {"count": st.fail if st else 0},
-                    "queue": {"count": st.success if st else 0, "ns": st.queue_ns if st else 0},
-                    "compute_infer": {
-                        "count": st.execution_count if st else 0,
-                        "ns": st.compute_ns if st else 0,
+            out.append(
+                {
+                    "name": served.name,
+                    "version": served.version or "",
+                    "state": served.state,
+                    "inference_count": st.inference_count if st else 0,
+                    "execution_count": st.execution_count if st else 0,
+                    "inference_stats": {
+                        "success": {"count": st.success if st else 0},
+                        "fail": {"count": st.fail if st else 0},
+                        "queue": {"count": st.success if st else 0, "ns": st.queue_ns if st else 0},
+                        "compute_infer": {
+                            "count": st.execution_count if st else 0,
+                            "ns": st.compute_ns if st else 0,
+                        },
                     },
-                },
-                "batch_stats": [
-                    {"batch_size": size, "compute_infer": {"count": count}}
-                    for size, count in sorted((st.batch_sizes if st else {}).items())
-                ],
-            })  # fmt: skip
+                    "batch_stats": [
+                        {"batch_size": size, "compute_infer": {"count": count}}
+                        for size, count in sorted((st.batch_sizes if st else {}).items())
+                    ],
+                }
+            )
         return out
 
     def repository_index(self) -> list[dict[str, Any]]:
@@ -359,8 +372,13 @@ class DataPlane:
             served = self.models.get(name)
             entry: dict[str, Any] = {"name": name}
             if served is not None:
-                entry.update({"version": served.version or "", "state": served.state.upper(),
-                              "reason": served.reason})  # fmt: skip
+                entry.update(
+                    {
+                        "version": served.version or "",
+                        "state": served.state.upper(),
+                        "reason": served.reason,
+                    }
+                )
             index.append(entry)
         return index
 

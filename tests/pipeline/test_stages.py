@@ -48,8 +48,9 @@ def reference(model_root: Path) -> Reference:
 
 
 def infer(cluster: Cluster, texts: list[str]) -> np.ndarray:
-    status, body = http(cluster.entry.http_port, f"/v2/models/{cluster.pipeline.model}/infer",
-                        embed_request(texts))  # fmt: skip
+    status, body = http(
+        cluster.entry.http_port, f"/v2/models/{cluster.pipeline.model}/infer", embed_request(texts)
+    )
     assert status == 200, body
     (out,) = body["outputs"]
     return np.array(out["data"], dtype=np.float32).reshape(out["shape"])
@@ -90,15 +91,22 @@ def test_decoder_three_stages_match_the_single_process(
 ) -> None:
     texts = ["w2 w3 w4 w5", "w900 w17", "w6 w7 w8 w9 w10 w11 w12 w13 w14", "unknown words"]
     # One row per micro-batch, all in flight: the stages overlap and answers keep their order.
-    cluster = start_cluster(model_root, "decoder", 3, tmp_path, PODSERVE_PIPELINE_MICRO_BATCH="1",
-                            PODSERVE_PIPELINE_INFLIGHT="4")  # fmt: skip
+    cluster = start_cluster(
+        model_root,
+        "decoder",
+        3,
+        tmp_path,
+        PODSERVE_PIPELINE_MICRO_BATCH="1",
+        PODSERVE_PIPELINE_INFLIGHT="4",
+    )
     try:
         assert [p.layers[1] - p.layers[0] for p in cluster.pipeline.stages] in (
             [1, 1, 2],
             [1, 2, 1],
         )
-        np.testing.assert_allclose(infer(cluster, texts), reference("decoder", texts),
-                                   atol=1e-5, rtol=0)  # fmt: skip
+        np.testing.assert_allclose(
+            infer(cluster, texts), reference("decoder", texts), atol=1e-5, rtol=0
+        )
         check_bytes_read(cluster)
     finally:
         cluster.stop()
@@ -135,5 +143,6 @@ def test_a_stage_down_fails_fast_and_recovers(minilm_k2: Cluster, reference: Ref
     cluster.wait_ready(0, timeout=30)  # the entry notices by itself: no restart
     assert cluster.entry.proc is not None
     assert cluster.entry.proc.poll() is None
-    np.testing.assert_allclose(infer(cluster, TEXTS[:2]), reference("minilm", TEXTS[:2]),
-                               atol=1e-5, rtol=0)  # fmt: skip
+    np.testing.assert_allclose(
+        infer(cluster, TEXTS[:2]), reference("minilm", TEXTS[:2]), atol=1e-5, rtol=0
+    )

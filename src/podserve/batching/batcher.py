@@ -145,9 +145,14 @@ class Batcher:
         # Triton: priority 1 is the highest level, 0 means "default" (lowest here).
         level = priority if priority > 0 else 1 << 30
         item = _Item(
-            (level, next(self._seq)), rows, inputs, loop.create_future(), now,
-            now + timeout_s if timeout_s else None, batch_key(inputs) if self.batched else (),
-        )  # fmt: skip
+            (level, next(self._seq)),
+            rows,
+            inputs,
+            loop.create_future(),
+            now,
+            now + timeout_s if timeout_s else None,
+            batch_key(inputs) if self.batched else (),
+        )
         heapq.heappush(self._heap, item)
         self._queued_rows += rows
         self._depth.set(len(self._heap))
@@ -226,13 +231,17 @@ class Batcher:
                 continue
             if item.deadline is not None and now > item.deadline:
                 waited = now - item.enqueued
-                item.future.set_exception(DeadlineExceededError(
-                    f"request timed out after waiting {waited * 1000:.1f} ms in the queue of "
-                    f"model '{self.name}'; it was not run"))  # fmt: skip
+                item.future.set_exception(
+                    DeadlineExceededError(
+                        f"request timed out after waiting {waited * 1000:.1f} ms in the queue of "
+                        f"model '{self.name}'; it was not run"
+                    )
+                )
                 self.stats.fail += 1
                 continue
-            if batch and (item.key != batch[0].key or rows + item.rows > self.batch_cap
-                          or not self.batched):  # fmt: skip
+            if batch and (
+                item.key != batch[0].key or rows + item.rows > self.batch_cap or not self.batched
+            ):
                 skipped.append(item)
                 if not self.batched or rows >= self.batch_cap:
                     break
@@ -305,8 +314,13 @@ class Batcher:
             self.lower_cap(min(self.batch_cap, rows // 2))
         if self.batched and len(batch) > 1:
             metrics.OOM_SPLITS.labels(model=self.name).inc()
-            log.warning("model %s: batch of %d rows ran out of memory; retrying in halves, "
-                        "batch cap now %d", self.name, rows, self.batch_cap)  # fmt: skip
+            log.warning(
+                "model %s: batch of %d rows ran out of memory; retrying in halves, "
+                "batch cap now %d",
+                self.name,
+                rows,
+                self.batch_cap,
+            )
             total, cut = 0, 1
             while cut < len(batch) - 1 and total + batch[cut - 1].rows < rows / 2:
                 total += batch[cut - 1].rows

@@ -69,8 +69,9 @@ class StageClients:
         self.down: dict[int, str] = {i: "not checked yet" for i in range(self.k)}
         self.all_up = threading.Event()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="pipeline-client")  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="pipeline-client"
+        )
         self._thread.start()
         self._stubs: list[Any] = []
         self._channels: list[grpc.aio.Channel] = []

@@ -19,13 +19,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("model", metavar="MODEL[:VERSION]", help="model (default: newest version)")
     parser.add_argument("--stages", "-k", type=int, required=True, help="number of stages K")
     parser.add_argument(
-        "--by", choices=["bytes", "time"], default="bytes",
+        "--by",
+        choices=["bytes", "time"],
+        default="bytes",
         help="balance parameter bytes (memory per pod) or measured per-layer time (throughput)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--activations", choices=["FP32", "FP16"], default="FP32",
+        "--activations",
+        choices=["FP32", "FP16"],
+        default="FP32",
         help="datatype of the hidden states sent between stages (FP16 halves the traffic)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, help="where to write the pipeline manifest")
     parser.set_defaults(handler=_split)
 
@@ -36,15 +40,18 @@ def _split(args: argparse.Namespace) -> int:
     from podserve.storage.repository import parse_model_ref
 
     name, version = parse_model_ref(args.model)
-    pipeline = split_model(args.root, name, version, args.stages, by=args.by,
-                           activations=args.activations)  # fmt: skip
+    pipeline = split_model(
+        args.root, name, version, args.stages, by=args.by, activations=args.activations
+    )
     out = args.out or default_path(pipeline.model, pipeline.version, pipeline.k)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(pipeline.to_yaml(), encoding="utf-8")
     for plan in pipeline.stages:
         parts = (["embeddings"] if plan.embeddings else []) + (["head"] if plan.head else [])
         extra = f" + {' + '.join(parts)}" if parts else ""
-        print(f"stage {plan.stage}/{pipeline.k}: layers {plan.layers[0]}-{plan.layers[1] - 1}"
-              f"{extra}, {plan.bytes / 1e6:.1f} MB")  # fmt: skip
+        print(
+            f"stage {plan.stage}/{pipeline.k}: layers {plan.layers[0]}-{plan.layers[1] - 1}"
+            f"{extra}, {plan.bytes / 1e6:.1f} MB"
+        )
     print(f"wrote {out}")
     return 0

@@ -90,8 +90,11 @@ class PipelineEntry(Model):
         tokenizer = opts.get("tokenizer", "tokenizer.json")
         if not reader.has(tokenizer):
             raise ManifestError(f"invalid field 'options.tokenizer': {tokenizer} not found")
-        self._tokenizer = TextEncoder(reader.small(tokenizer), resolve_max_length(opts, read_json),
-                                      str(self.version.path / tokenizer))  # fmt: skip
+        self._tokenizer = TextEncoder(
+            reader.small(tokenizer),
+            resolve_max_length(opts, read_json),
+            str(self.version.path / tokenizer),
+        )
         self._pooling = opts.get("pooling", "mean")
         if self._pooling not in ("mean", "cls"):
             raise ManifestError("invalid field 'options.pooling': mean or cls")
@@ -107,11 +110,13 @@ class PipelineEntry(Model):
         self.clients.wait_ready(s.pipeline_wait_seconds)
         # Only small files were read (and checked); each stage verifies its own ranges.
         self.report.verified = "blake3" if reader.full else "size"
-        self.report.details.update({
-            "pipeline_stages": p.k,
-            "micro_batch": s.pipeline_micro_batch,
-            "inflight": s.pipeline_inflight,
-        })  # fmt: skip
+        self.report.details.update(
+            {
+                "pipeline_stages": p.k,
+                "micro_batch": s.pipeline_micro_batch,
+                "inflight": s.pipeline_inflight,
+            }
+        )
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.clients is not None, "load() first"

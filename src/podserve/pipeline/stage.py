@@ -54,8 +54,9 @@ TOKENS = ("input_ids", "attention_mask", "token_type_ids")
 def stage_manifest(base: Manifest, pipeline: Pipeline, index: int) -> Manifest:
     """The signature stage ``index`` serves: raw tensors, one request = one micro-batch."""
     plan = pipeline.stages[index - 1]
-    hidden = TensorSpec(name="hidden", datatype=pipeline.activations,
-                        shape=(-1, -1, pipeline.hidden_size))  # fmt: skip
+    hidden = TensorSpec(
+        name="hidden", datatype=pipeline.activations, shape=(-1, -1, pipeline.hidden_size)
+    )
     mask = TensorSpec(name="attention_mask", datatype="INT64", shape=(-1, -1))
     if plan.embeddings:
         inputs = tuple(TensorSpec(name=n, datatype="INT64", shape=(-1, -1)) for n in TOKENS)
@@ -134,8 +135,11 @@ def read_stage_weights(
         total += r.length
         if hasher is not None:
             hasher.update(buf.data)
-        inside = [i.name for i in header.tensors.values()
-                  if r.offset <= i.start and i.end <= r.offset + r.length]  # fmt: skip
+        inside = [
+            i.name
+            for i in header.tensors.values()
+            if r.offset <= i.start and i.end <= r.offset + r.length
+        ]
         tensors |= header.view(buf, inside, offset=r.offset)
         buffers.append(buf)
     if hasher is not None and hasher.hexdigest() != plan.blake3:
@@ -179,20 +183,26 @@ class StageModel(Model):
         self._buffers = weights.buffers
         plan = self.plan
         self._model = arch.from_tensors(
-            config, weights.tensors, layers=plan.layer_range, embeddings=plan.embeddings,
-            head=plan.head, where=str(self.version.path),
-        )  # fmt: skip
+            config,
+            weights.tensors,
+            layers=plan.layer_range,
+            embeddings=plan.embeddings,
+            head=plan.head,
+            where=str(self.version.path),
+        )
         self._dtype = torch.float16 if self.pipeline.activations == "FP16" else torch.float32
         self.report.bytes_read += weights.bytes_read
         self.report.verified = weights.verified
         self.report.seconds = time.perf_counter() - started
-        self.report.details.update({
-            "pipeline_stage": f"{self.index}/{self.pipeline.k}",
-            "layers": f"{plan.layers[0]}-{plan.layers[1] - 1}",
-            "bytes_read": self.report.bytes_read,
-            "weight_bytes": plan.bytes,
-            "tensors": len(weights.tensors),
-        })  # fmt: skip
+        self.report.details.update(
+            {
+                "pipeline_stage": f"{self.index}/{self.pipeline.k}",
+                "layers": f"{plan.layers[0]}-{plan.layers[1] - 1}",
+                "bytes_read": self.report.bytes_read,
+                "weight_bytes": plan.bytes,
+                "tensors": len(weights.tensors),
+            }
+        )
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -272,6 +282,11 @@ async def _serve_stage(settings: Settings, pipeline: Pipeline, index: int) -> in
             served.extra_metadata.update(served.model.report.details)
 
     dataplane.on_state_change(on_state)
-    log.info("pipeline stage %d/%d of %s (layers %s)", index, pipeline.k, pipeline.model,
-             pipeline.stages[index - 1].layers)  # fmt: skip
+    log.info(
+        "pipeline stage %d/%d of %s (layers %s)",
+        index,
+        pipeline.k,
+        pipeline.model,
+        pipeline.stages[index - 1].layers,
+    )
     return await server.run()

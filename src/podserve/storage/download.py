@@ -197,9 +197,14 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def _fetch_part(
-    source: Source, job: FileJob, index: int, fd: int, reporter: Reporter,
-    retries: int, backoff_s: float,
-) -> None:  # fmt: skip
+    source: Source,
+    job: FileJob,
+    index: int,
+    fd: int,
+    reporter: Reporter,
+    retries: int,
+    backoff_s: float,
+) -> None:
     start, end = job.parts[index]
     pos, attempt = start, 0
     while pos < end:

@@ -90,10 +90,15 @@ def pull(
     """Pull the model version at ``uri`` into ``dest`` (``ROOT/NAME/VERSION``)."""
     return asyncio.run(
         pull_async(
-            uri, dest, options=options, concurrency=concurrency, part_size=part_size,
-            reporter=reporter, force_sha256=force_sha256,
+            uri,
+            dest,
+            options=options,
+            concurrency=concurrency,
+            part_size=part_size,
+            reporter=reporter,
+            force_sha256=force_sha256,
         )
-    )  # fmt: skip
+    )
 
 
 async def pull_async(
@@ -180,9 +185,14 @@ async def _lock(path: Path, rep: Reporter, what: str) -> int:
 
 
 async def _pull_files(
-    source: Source, tmp: Path, data: Path, concurrency: int, part_size: int, rep: Reporter,
+    source: Source,
+    tmp: Path,
+    data: Path,
+    concurrency: int,
+    part_size: int,
+    rep: Reporter,
     force_sha256: bool,
-) -> tuple[int, int]:  # fmt: skip
+) -> tuple[int, int]:
     sums_bytes = await retrying(lambda: source.read_bytes(SUMS_NAME), rep)
     manifest_bytes = await retrying(lambda: source.read_bytes(MANIFEST_NAME), rep)
     sums = parse_sums(sums_bytes.decode("utf-8"), source.join(SUMS_NAME))
@@ -207,8 +217,17 @@ async def _pull_files(
             algo, expected = "sha256", sums[rel]
         jobs.append(FileJob(rel, data / rel, sizes[rel], algo, expected))  # type: ignore[arg-type]
     fp = fingerprint(source.describe(), sums_bytes, manifest_bytes, part_size, source.ranged)
-    return await _run(source, tmp, jobs, fp, concurrency, part_size, rep, data,
-                      [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)])  # fmt: skip
+    return await _run(
+        source,
+        tmp,
+        jobs,
+        fp,
+        concurrency,
+        part_size,
+        rep,
+        data,
+        [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)],
+    )
 
 
 async def _pull_archive(
@@ -240,9 +259,16 @@ async def _pull_archive(
 
 
 async def _run(
-    source: Source, tmp: Path, jobs: list[FileJob], fp: str, concurrency: int, part_size: int,
-    rep: Reporter, data: Path | None, small: list[tuple[str, bytes]],
-) -> tuple[int, int]:  # fmt: skip
+    source: Source,
+    tmp: Path,
+    jobs: list[FileJob],
+    fp: str,
+    concurrency: int,
+    part_size: int,
+    rep: Reporter,
+    data: Path | None,
+    small: list[tuple[str, bytes]],
+) -> tuple[int, int]:
     total = sum(j.size for j in jobs)
     for attempt in (1, 2):
         journal = Journal(tmp, fp)

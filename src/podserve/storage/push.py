@@ -67,8 +67,9 @@ async def push_async(
         remote = await _remote_sums(target)
         if remote is not None and remote == parse_sums(local_sums) and not force:
             rep.message(f"{target.describe()} already holds this version; nothing to do")
-            return PushResult(target.describe(), mv.listing.total_bytes,
-                              time.perf_counter() - started, True)  # fmt: skip
+            return PushResult(
+                target.describe(), mv.listing.total_bytes, time.perf_counter() - started, True
+            )
         if remote is not None and not force:
             raise PermanentTransferError(
                 f"{target.describe()} already holds a different model version; push to a new "
@@ -89,8 +90,9 @@ async def push_async(
         await target.put_file(mv.path / MANIFEST_NAME, MANIFEST_NAME)
         await target.put_file(mv.path / SUMS_NAME, SUMS_NAME)  # last: marks it complete
         rep.finish()
-        return PushResult(target.describe(), mv.listing.total_bytes,
-                          time.perf_counter() - started, False)  # fmt: skip
+        return PushResult(
+            target.describe(), mv.listing.total_bytes, time.perf_counter() - started, False
+        )
     except BaseExceptionGroup as group_exc:
         raise group_exc.exceptions[0] from None
     finally:

@@ -5,8 +5,8 @@ Two strategies, chosen by ``PODSERVE_READ_STRATEGY``:
 * ``mmap``: the file is memory-mapped copy-on-write (writable views for the frameworks, no
   copy, nothing written back). Warm page cache: a few ms per GB. Verification hashes the
   mapping with BLAKE3 on several threads, which also faults the pages in.
-* ``read``: one buffer of the file's size is allocated once and filled with large sequential
-  ``readinto`` calls; each chunk is hashed by a second thread while the next is read, so the
+* ``read``: one buffer of the file's size is allocated once and filled with large positional
+  reads, a few in flight (in file order); each chunk is hashed as soon as it is in, so the
   digest costs (almost) nothing beyond the read. Better on network filesystems where mmap
   page faults are slow.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from podserve.storage.integrity import CheckedFile, check_digest, expected_diges
 
 ReadStrategy = Literal["mmap", "read"]
 CHUNK = 32 * 1024 * 1024
+READERS = 4  # reads in flight for the "read" strategy (measured: benchmarks/cold_start.py)
 
 
 @dataclass
@@ -84,36 +84,41 @@ def _read_sequential(path: Path, entry: CheckedFile, verify: bool) -> WeightBuff
     data = np.empty(entry.size, dtype=np.uint8)
     algorithm, expected = expected_digest(entry)
     hasher = new_hasher(algorithm) if verify else None
-    with open(path, "rb", buffering=0) as fh:
+    view = data.data  # the array's own memoryview
+    fd = os.open(path, os.O_RDONLY)
+    try:
         with contextlib.suppress(AttributeError, OSError):
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        if hasher is None:
-            for _ in _fill(fh, data):
-                pass
-        else:
-            # Hash chunk i on a helper thread while chunk i+1 is read (both release the GIL).
-            with ThreadPoolExecutor(1, thread_name_prefix="podserve-hash") as pool:
-                pending = None
-                for chunk in _fill(fh, data):
-                    if pending is not None:
-                        pending.result()
-                    pending = pool.submit(hasher.update, chunk)
-                if pending is not None:
-                    pending.result()
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        # READERS positional reads in flight, in file order; this thread hashes each chunk as
+        # soon as it is in (preadv and BLAKE3 both release the GIL). One stream of readinto
+        # calls leaves most of a virtual or network disk's bandwidth unused.
+        offsets = range(0, entry.size, CHUNK)
+        with ThreadPoolExecutor(READERS, thread_name_prefix="podserve-read") as pool:
+            futures = [pool.submit(_pread_chunk, fd, view, off, path) for off in offsets]
+            try:
+                for off, future in zip(offsets, futures, strict=True):
+                    future.result()
+                    if hasher is not None:
+                        hasher.update(view[off : off + CHUNK])
+            except BaseException:
+                for pending in futures:
+                    pending.cancel()
+                raise
+    finally:
+        os.close(fd)
     if hasher is None:
         return WeightBuffer(path, data, "size")
     check_digest(path, algorithm, expected, hasher.hexdigest())
     return WeightBuffer(path, data, algorithm)
 
 
-def _fill(fh: object, data: np.ndarray) -> Iterator[memoryview]:
-    view = memoryview(data)
-    pos, total = 0, len(data)
-    while pos < total:
-        n = fh.readinto(view[pos : pos + CHUNK])  # type: ignore[attr-defined]
+def _pread_chunk(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    end = min(offset + CHUNK, len(view))
+    pos = offset
+    while pos < end:
+        n = os.preadv(fd, [view[pos:end]], pos)
         if not n:
-            raise IntegrityError(f"{getattr(fh, 'name', '?')}: file shrank while reading")
-        yield view[pos : pos + n]
+            raise IntegrityError(f"{path}: file shrank while reading")
         pos += n
 
 

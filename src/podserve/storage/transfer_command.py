@@ -42,9 +42,10 @@ def register(sub: Any) -> None:
         help="byte-range part size in MiB (env PODSERVE_PULL_PART_SIZE_MB; default %(default)s)",
     )
     p.add_argument(
-        "--sha256", action="store_true",
+        "--sha256",
+        action="store_true",
         help="verify with SHA-256 even when the manifest records BLAKE3 digests",
-    )  # fmt: skip
+    )
     _common(p)
     p.set_defaults(handler=_pull)
 
@@ -63,19 +64,24 @@ def register(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--endpoint-url", default=None,
-                   help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")  # fmt: skip
+    p.add_argument(
+        "--endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)"
+    )
     p.add_argument("--region", default=None, help="bucket region (else AWS_REGION)")
     p.add_argument(
-        "--credentials-dir", type=Path, default=os.environ.get("PODSERVE_S3_CREDENTIALS_DIR"),
+        "--credentials-dir",
+        type=Path,
+        default=os.environ.get("PODSERVE_S3_CREDENTIALS_DIR"),
         help="directory with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY files, as a mounted "
         "Kubernetes Secret (env PODSERVE_S3_CREDENTIALS_DIR)",
-    )  # fmt: skip
+    )
     p.add_argument("--anonymous", action="store_true", help="unsigned requests (public buckets)")
     p.add_argument(
-        "--progress", choices=("auto", "bar", "log", "none"), default="auto",
+        "--progress",
+        choices=("auto", "bar", "log", "none"),
+        default="auto",
         help="a progress bar on a terminal, log lines otherwise (default auto)",
-    )  # fmt: skip
+    )
 
 
 def _env_int(name: str, default: int) -> int:
@@ -144,8 +150,10 @@ def _push(args: argparse.Namespace) -> int:
     if result.already_present:
         print(f"{result.uri}: already holds this version")
     else:
-        print(f"pushed {args.src} to {result.uri}: {result.total_bytes / 1e6:.1f} MB in "
-              f"{result.seconds:.1f} s")  # fmt: skip
+        print(
+            f"pushed {args.src} to {result.uri}: {result.total_bytes / 1e6:.1f} MB in "
+            f"{result.seconds:.1f} s"
+        )
     return 0
 
 
@@ -209,9 +217,14 @@ class BarReporter:
 
         self.console = Console(stderr=True)
         self.progress = Progress(
-            TextColumn(f"{verb}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=self.console, transient=False,
-        )  # fmt: skip
+            TextColumn(f"{verb}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
         self.task: Any = None
 
     def start(self, total: int, done: int) -> None:

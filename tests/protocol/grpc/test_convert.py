@@ -58,9 +58,10 @@ def test_typed_contents_every_datatype(datatype: str) -> None:
     tensor = msg.inputs.add(name="x", datatype=datatype, shape=[3])
     field = convert.CONTENTS_FIELD[datatype]
     getattr(tensor.contents, field).extend(
-        list(array) if datatype == "BYTES" else array.astype(np.float32 if datatype == "FP16"
-                                                              else array.dtype).tolist()
-    )  # fmt: skip
+        list(array)
+        if datatype == "BYTES"
+        else array.astype(np.float32 if datatype == "FP16" else array.dtype).tolist()
+    )
     decoded = convert.request_from_pb(msg).inputs[0].data
     assert decoded.dtype == array.dtype
     assert np.array_equal(decoded, array)
@@ -121,13 +122,23 @@ def test_bad_raw_inputs(datatype: str, shape: list[int], raw: bytes, message: st
 
 def test_parameters_ids_and_requested_outputs() -> None:
     req = InferRequest(
-        "m", [InferTensor("x", "INT32", (1,), np.array([1], np.int32))], model_version="3",
-        id="req-1", outputs=[RequestedOutput("b"), RequestedOutput("a", {"binary_data": True})],
-        parameters={"priority": 2, "timeout": 1500, "flag": True, "ratio": 0.5, "tag": "t",
-                    "big": 2**64 - 1},
-    )  # fmt: skip
-    back = convert.request_from_pb(pb.ModelInferRequest.FromString(
-        convert.request_to_pb(req).SerializeToString()))  # fmt: skip
+        "m",
+        [InferTensor("x", "INT32", (1,), np.array([1], np.int32))],
+        model_version="3",
+        id="req-1",
+        outputs=[RequestedOutput("b"), RequestedOutput("a", {"binary_data": True})],
+        parameters={
+            "priority": 2,
+            "timeout": 1500,
+            "flag": True,
+            "ratio": 0.5,
+            "tag": "t",
+            "big": 2**64 - 1,
+        },
+    )
+    back = convert.request_from_pb(
+        pb.ModelInferRequest.FromString(convert.request_to_pb(req).SerializeToString())
+    )
     assert (back.model_version, back.id) == ("3", "req-1")
     assert back.parameters == req.parameters
     assert back.priority == 2

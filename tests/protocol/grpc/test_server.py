@@ -91,9 +91,10 @@ def test_unknown_model_and_version(client: tc.InferenceServerClient) -> None:
         lambda: client.is_model_ready("nope"),
         lambda: client.get_model_metadata("identity", "7"),
         lambda: client.infer("nope", _inputs({"INPUT0": np.ones((1, 384), np.float32)})),
-        lambda: client.infer("identity", _inputs({"INPUT0": np.ones((1, 384), np.float32)}),
-                             model_version="7"),
-    ):  # fmt: skip
+        lambda: client.infer(
+            "identity", _inputs({"INPUT0": np.ones((1, 384), np.float32)}), model_version="7"
+        ),
+    ):
         err = _error(call)
         assert err.status() == "StatusCode.NOT_FOUND", err
         assert "nope" in str(err.message()) or "version 7" in str(err.message())
@@ -132,8 +133,9 @@ def _all_type_arrays(rows: int = 2, width: int = 5) -> dict[str, np.ndarray]:
             npdt = tc.triton_to_np_dtype(dt)
             if np.issubdtype(npdt, np.integer):
                 info = np.iinfo(npdt)
-                arrays[name] = rng.integers(info.min, info.max, (rows, width), dtype=npdt,
-                                            endpoint=True)  # fmt: skip
+                arrays[name] = rng.integers(
+                    info.min, info.max, (rows, width), dtype=npdt, endpoint=True
+                )
             else:
                 arrays[name] = (rng.standard_normal((rows, width)) * 1e3).astype(npdt)
     return arrays
@@ -179,8 +181,7 @@ def test_requested_outputs_and_their_order(client: tc.InferenceServerClient) -> 
     assert [o.name for o in both.get_response().outputs] == ["OUTPUT1", "OUTPUT0"]
     assert np.array_equal(both.as_numpy("OUTPUT0"), want["OUTPUT0"])
 
-    err = _error(lambda: client.infer("add_sub", inputs,
-                                      outputs=[tc.InferRequestedOutput("NOPE")]))  # fmt: skip
+    err = _error(lambda: client.infer("add_sub", inputs, outputs=[tc.InferRequestedOutput("NOPE")]))
     assert err.status() == "StatusCode.INVALID_ARGUMENT"
     assert "NOPE" in str(err.message())
 
@@ -263,9 +264,11 @@ def test_oversized_message(serve_grpc: Callable[..., ServerThread]) -> None:
 
 
 def test_unexpected_exception_is_internal_and_server_survives(
-    grpc_server: ServerThread, client: tc.InferenceServerClient, monkeypatch: pytest.MonkeyPatch,
+    grpc_server: ServerThread,
+    client: tc.InferenceServerClient,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     def boom() -> dict[str, Any]:
         raise ZeroDivisionError("secret detail")
 
@@ -305,8 +308,11 @@ def test_statistics(client: tc.InferenceServerClient) -> None:
 
 
 def test_repository_api_is_off_by_default(client: tc.InferenceServerClient) -> None:
-    for call in (client.get_model_repository_index, lambda: client.load_model("identity"),
-                 lambda: client.unload_model("identity")):  # fmt: skip
+    for call in (
+        client.get_model_repository_index,
+        lambda: client.load_model("identity"),
+        lambda: client.unload_model("identity"),
+    ):
         err = _error(call)
         assert err.status() == "StatusCode.PERMISSION_DENIED"
         assert "PODSERVE_REPOSITORY_API" in str(err.message())

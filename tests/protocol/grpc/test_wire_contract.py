@@ -26,8 +26,12 @@ def _shape(desc: d.Descriptor) -> dict[str, Any]:
     fields = {}
     for f in desc.fields:
         kind = f.message_type.full_name if f.message_type else f.type
-        fields[f.name] = (f.number, kind, f.is_repeated,
-                          f.containing_oneof.name if f.containing_oneof else None)  # fmt: skip
+        fields[f.name] = (
+            f.number,
+            kind,
+            f.is_repeated,
+            f.containing_oneof.name if f.containing_oneof else None,
+        )
     nested = {n.name: _shape(n) for n in desc.nested_types}
     return {"fields": fields, "nested": nested}
 
@@ -59,10 +63,18 @@ def test_service_methods_match_triton() -> None:
         assert method.client_streaming == other.client_streaming
         assert method.server_streaming == other.server_streaming
     assert {m.name for m in mine.methods} >= {
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-        "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex",
-        "RepositoryModelLoad", "RepositoryModelUnload",
-    }  # fmt: skip
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelStreamInfer",
+        "ModelStatistics",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+    }
 
 
 _SCALARS: dict[int, Any] = {

@@ -137,9 +137,12 @@ async def start_worker(tmp_path: Path, topo: Topology) -> AsyncIterator[StartWor
     ) -> tuple[DataPlane, QueueWorker]:
         root = stage_doubler(tmp_path / f"models{len(running)}", delay_s=delay_s)
         settings = Settings(
-            model_root=root, amqp_url=AMQP_URL, queue=topo.queue,
-            delivery_limit=topo.delivery_limit, **overrides,
-        )  # fmt: skip
+            model_root=root,
+            amqp_url=AMQP_URL,
+            queue=topo.queue,
+            delivery_limit=topo.delivery_limit,
+            **overrides,
+        )
         dataplane = DataPlane(ModelRepository(root), settings)
         worker = QueueWorker(dataplane, settings)
         await worker.start()
@@ -178,10 +181,22 @@ class WorkerProcess:
         self.port = free_port()
         self.log = log
         cmd = [
-            sys.executable, "-m", "podserve", "worker", str(root), "--queue", t.queue,
-            "--amqp-url", AMQP_URL, "--host", "127.0.0.1", "--http-port", str(self.port),
-            "--delivery-limit", str(t.delivery_limit),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "podserve",
+            "worker",
+            str(root),
+            "--queue",
+            t.queue,
+            "--amqp-url",
+            AMQP_URL,
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(self.port),
+            "--delivery-limit",
+            str(t.delivery_limit),
+        ]
         environ = {**os.environ, "PODSERVE_DRAIN_GRACE_SECONDS": "0.2", **env}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)

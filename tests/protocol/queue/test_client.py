@@ -80,8 +80,22 @@ async def test_podserve_submit_prints_replies_and_fails_on_error_replies(
     await start_worker()
     body = tmp_path / "req.json"
     body.write_bytes(request(2))
-    cmd = [sys.executable, "-m", "podserve", "submit", "--queue", topo.queue, "--model", MODEL,
-           "--json", str(body), "--repeat", "3", "--amqp-url", AMQP_URL]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "podserve",
+        "submit",
+        "--queue",
+        topo.queue,
+        "--model",
+        MODEL,
+        "--json",
+        str(body),
+        "--repeat",
+        "3",
+        "--amqp-url",
+        AMQP_URL,
+    ]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0

@@ -27,18 +27,25 @@ from tests.protocol.queue.conftest import request
 
 
 def incoming(
-    body: bytes, *, headers: dict[str, Any] | None = None, routing_key: str = "requests",
-    redelivered: bool = False, content_encoding: str | None = None,
-) -> aio_pika.IncomingMessage:  # fmt: skip
+    body: bytes,
+    *,
+    headers: dict[str, Any] | None = None,
+    routing_key: str = "requests",
+    redelivered: bool = False,
+    content_encoding: str | None = None,
+) -> aio_pika.IncomingMessage:
     """A delivered message as aio-pika hands it to a consumer."""
     props = spec.Basic.Properties(
         headers=headers or {}, correlation_id="c1", reply_to="r", content_encoding=content_encoding
     )
     header = ContentHeader(properties=props, body_size=len(body))
     deliver = spec.Basic.Deliver(
-        consumer_tag="t", delivery_tag=1, redelivered=redelivered, exchange="",
+        consumer_tag="t",
+        delivery_tag=1,
+        redelivered=redelivered,
+        exchange="",
         routing_key=routing_key,
-    )  # fmt: skip
+    )
     raw = DeliveredMessage(delivery=deliver, header=header, body=body, channel=None)  # type: ignore[arg-type]
     return aio_pika.IncomingMessage(raw)
 
@@ -58,8 +65,18 @@ def test_decode_request_json_binary_and_gzip() -> None:
     assert req.model_name == "doubler"
     assert req.inputs[0].data.tolist() == [[3.0, 3.5, -3.0, 1.0]]
 
-    header = orjson.dumps({"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 2],
-                                       "parameters": {"binary_data_size": 8}}]})  # fmt: skip
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "INT32",
+                    "shape": [1, 2],
+                    "parameters": {"binary_data_size": 8},
+                }
+            ]
+        }
+    )
     raw = b"\x01\x00\x00\x00\x02\x00\x00\x00"
     msg = incoming(header + raw, headers={"inference-header-content-length": len(header)})
     assert convert.decode_request(msg, {"m"}, 1 << 20).inputs[0].data.tolist() == [[1, 2]]

@@ -94,9 +94,9 @@ async def test_poison_messages_are_answered_and_dead_lettered_and_serving_goes_o
     assert "unknown model 'nope'" in dead["unknown-model"].headers["x-podserve-error"]  # type: ignore[operator]
     assert "shape" in dead["wrong-shape"].headers["x-podserve-error"]  # type: ignore[operator]
     assert dead["not-json"].body == b"{not json"  # the request as it came
-    assert counter(
-        "podserve_worker_dead_lettered_total", topo.queue, error="InvalidRequestError"
-    ) == 2  # fmt: skip
+    assert (
+        counter("podserve_worker_dead_lettered_total", topo.queue, error="InvalidRequestError") == 2
+    )
     assert await queue_depth(topo.queue) == 0
 
 
@@ -129,12 +129,16 @@ def _connection_pids(name: str) -> list[str]:
     """
     listing = subprocess.run(
         ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "client_properties"],
-        check=True, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     pids = [
-        line.split("\t")[0] for line in listing.stdout.splitlines()
+        line.split("\t")[0]
+        for line in listing.stdout.splitlines()
         if f'{{"connection_name","{name}"}}' in line
-    ]  # fmt: skip
+    ]
     assert pids, f"no connection named {name!r}"
     return pids
 
@@ -143,8 +147,10 @@ def _close_connections(pids: list[str]) -> None:
     for pid in pids:
         subprocess.run(
             ["rabbitmqctl", "close_connection", pid, "test: forced close"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
 
 @pytest.mark.slow

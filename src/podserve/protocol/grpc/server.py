@@ -77,11 +77,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=meta["name"],
             versions=[v for v in meta["versions"] if v],
             platform=meta["platform"],
-            inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
-                    for t in meta["inputs"]],
-            outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
-                     for t in meta["outputs"]],
-        )  # fmt: skip
+            inputs=[
+                tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                for t in meta["inputs"]
+            ],
+            outputs=[
+                tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                for t in meta["outputs"]
+            ],
+        )
 
     # --- inference ----------------------------------------------------------------------
 
@@ -126,11 +130,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._authorize(context)
         entry = pb.RepositoryIndexResponse.ModelIndex
         models = [
-            entry(name=m["name"], version=m.get("version", ""), state=m.get("state", ""),
-                  reason=m.get("reason", ""))
+            entry(
+                name=m["name"],
+                version=m.get("version", ""),
+                state=m.get("state", ""),
+                reason=m.get("reason", ""),
+            )
             for m in self.dataplane.repository_index()
             if not request.ready or m.get("state") == "READY"
-        ]  # fmt: skip
+        ]
         return pb.RepositoryIndexResponse(models=models)
 
     async def RepositoryModelLoad(

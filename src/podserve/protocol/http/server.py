@@ -130,8 +130,9 @@ class App:
             routes.check_version_string(model, version)
             body = await self._read_body(req, receive)
             if req.content_encoding:
-                body = convert.decompress(body, req.content_encoding.decode("latin-1").strip()
-                                          .lower(), self.limit)  # fmt: skip
+                body = convert.decompress(
+                    body, req.content_encoding.decode("latin-1").strip().lower(), self.limit
+                )
             hlen = convert.parse_header_length(req.header_length, len(body))
             if hlen == 0:
                 meta = self.dataplane.model_metadata(model, version)
@@ -287,8 +288,11 @@ def _triton_config(meta: dict[str, Any]) -> dict[str, Any]:
 
     def tensor(t: dict[str, Any]) -> dict[str, Any]:
         dt = "STRING" if t["datatype"] == "BYTES" else t["datatype"]
-        return {"name": t["name"], "data_type": f"TYPE_{dt}",
-                "dims": t["shape"][1:] if batched else t["shape"]}  # fmt: skip
+        return {
+            "name": t["name"],
+            "data_type": f"TYPE_{dt}",
+            "dims": t["shape"][1:] if batched else t["shape"],
+        }
 
     return {
         "name": meta["name"],
@@ -424,10 +428,17 @@ class HttpServer:
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, http=_Protocol, lifespan="off", log_config=None, access_log=False,
-            server_header=False, date_header=False, proxy_headers=False, backlog=2048,
+            self.app,
+            http=_Protocol,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            proxy_headers=False,
+            backlog=2048,
             timeout_graceful_shutdown=max(1, int(self.settings.drain_timeout_seconds)),
-        )  # fmt: skip
+        )
         self._server = _Uvicorn(config)
         self._task = asyncio.get_running_loop().create_task(
             self._server.serve(sockets=[sock]), name="podserve-http"

@@ -156,9 +156,11 @@ class QueueClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         await self.close()
 
     async def connect(self) -> None:
@@ -223,10 +225,14 @@ class QueueClient:
             all_headers[convert.VERSION_HEADER] = version
         self._pending.setdefault(cid, asyncio.get_running_loop().create_future())
         message = aio_pika.Message(
-            body, content_type="application/json", correlation_id=cid, message_id=cid,
-            reply_to=self.reply_queue, headers=all_headers,
+            body,
+            content_type="application/json",
+            correlation_id=cid,
+            message_id=cid,
+            reply_to=self.reply_queue,
+            headers=all_headers,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )  # fmt: skip
+        )
         try:
             with broker_errors(f"publishing to queue '{self.queue}'"):
                 await self._channel.default_exchange.publish(message, self.queue, mandatory=True)

@@ -14,14 +14,15 @@ def register(sub: Any) -> None:
     from podserve.commands.serve import add_serving_flags
 
     worker = sub.add_parser(
-        "worker", help="consume v2 inference requests from a RabbitMQ queue and reply",
+        "worker",
+        help="consume v2 inference requests from a RabbitMQ queue and reply",
         description="Serve models from a repository to a RabbitMQ queue: each message is a v2 "
         "inference request (the REST JSON body) with reply_to and correlation_id; the reply is "
         "published (with confirms) before the message is acked. Undecodable or invalid "
         "messages get an error reply and go to the dead-letter queue. HTTP health endpoints "
         "stay on for the probes; gRPC is off unless --grpc-port is given. Every flag also "
         "reads from its PODSERVE_* environment variable.",
-    )  # fmt: skip
+    )
     worker.add_argument("root", nargs="?", help="repository root (PODSERVE_MODEL_ROOT)")
     add_serving_flags(worker)  # includes --queue (required here) and --amqp-url
     worker.add_argument("--prefetch", type=int, help="unacked messages (default 2 x batch size)")
@@ -32,22 +33,26 @@ def register(sub: Any) -> None:
     worker.set_defaults(handler=_worker)
 
     submit = sub.add_parser(
-        "submit", help="publish inference requests to a worker queue and print the replies",
+        "submit",
+        help="publish inference requests to a worker queue and print the replies",
         description="Publish v2 inference requests to QUEUE and print each reply as one JSON "
         "line (in the order given). Exit status 1 if any reply is an error.",
-    )  # fmt: skip
+    )
     submit.add_argument("--queue", required=True, help="the worker's request queue")
     submit.add_argument("--model", help="target model (the 'model' header)")
     submit.add_argument("--model-version", help="target version (the 'model_version' header)")
     body = submit.add_mutually_exclusive_group(required=True)
     body.add_argument(
-        "--json", action="append", metavar="FILE",
+        "--json",
+        action="append",
+        metavar="FILE",
         help="a v2 request body (JSON); '-' reads stdin; repeat for more",
-    )  # fmt: skip
+    )
     body.add_argument(
-        "--text", action="append",
+        "--text",
+        action="append",
         help="one request with this string as a BYTES input; repeat for more",
-    )  # fmt: skip
+    )
     submit.add_argument("--input", default="text", help="input name for --text (default: text)")
     submit.add_argument("--repeat", type=int, default=1, help="send every request N times")
     submit.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
@@ -56,8 +61,13 @@ def register(sub: Any) -> None:
     submit.set_defaults(handler=_submit)
 
 
-_WORKER_FIELDS = ("prefetch", "delivery_limit", "dead_letter_queue", "dead_letter_exchange",
-                  "results_exchange")  # fmt: skip
+_WORKER_FIELDS = (
+    "prefetch",
+    "delivery_limit",
+    "dead_letter_queue",
+    "dead_letter_exchange",
+    "results_exchange",
+)
 
 
 def _worker(args: argparse.Namespace) -> int:

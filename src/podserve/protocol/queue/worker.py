@@ -92,9 +92,13 @@ class QueueWorker:
             raise
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         self.dataplane.on_state_change(self._on_state_change)
-        log.info("queue worker connected to %s, queue '%s' (DLQ '%s', delivery limit %d)",
-                 redact(s.amqp_url), self.topology.queue, self.topology.dead_letter_queue,
-                 self.topology.delivery_limit)  # fmt: skip
+        log.info(
+            "queue worker connected to %s, queue '%s' (DLQ '%s', delivery limit %d)",
+            redact(s.amqp_url),
+            self.topology.queue,
+            self.topology.dead_letter_queue,
+            self.topology.delivery_limit,
+        )
         self._schedule_reconcile()
 
     async def _open_channels(self) -> None:
@@ -137,8 +141,11 @@ class QueueWorker:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            log.error("%d queue messages still in flight after %.0fs; the broker will "
-                      "redeliver them", len(self._tasks), timeout)  # fmt: skip
+            log.error(
+                "%d queue messages still in flight after %.0fs; the broker will redeliver them",
+                len(self._tasks),
+                timeout,
+            )
             for task in list(self._tasks):
                 task.cancel()
         await self._close_connection()
@@ -167,8 +174,11 @@ class QueueWorker:
         try:
             await self._reconcile()
         except PodserveError as exc:
-            log.error("queue '%s': %s (retrying on reconnect or the next state change)",
-                      self.topology.queue, exc)  # fmt: skip
+            log.error(
+                "queue '%s': %s (retrying on reconnect or the next state change)",
+                self.topology.queue,
+                exc,
+            )
 
     async def _reconcile(self) -> None:
         """Consume iff the data plane is ready and we are not stopping."""
@@ -223,8 +233,11 @@ class QueueWorker:
         try:
             await self._handle(message)
         except BrokerError as exc:
-            log.warning("message %s left unacked, the broker will redeliver it: %s",
-                        message.correlation_id, exc)  # fmt: skip
+            log.warning(
+                "message %s left unacked, the broker will redeliver it: %s",
+                message.correlation_id,
+                exc,
+            )
         finally:
             self._inflight.dec()
 
@@ -270,8 +283,9 @@ class QueueWorker:
         exchange = self._results
         if exchange is None:
             if not routing_key:
-                log.warning("message %s has no reply_to; its answer is dropped",
-                            message.correlation_id)  # fmt: skip
+                log.warning(
+                    "message %s has no reply_to; its answer is dropped", message.correlation_id
+                )
                 return
             exchange = self._reply_channel.default_exchange
         elif not routing_key:
