@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-# benchmarks/ holds scripts named like stdlib modules (queue.py): keep it off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 RESULTS = HERE / "results" / "cold_start.json"
 CHUNK = 32 * 1024 * 1024
 DEMO = "minilm"

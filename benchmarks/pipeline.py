@@ -29,12 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The repository root instead of benchmarks/ (whose queue.py would shadow the stdlib's).
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from podserve.demo import stage_demo  # noqa: E402
-from podserve.pipeline.synthetic import stage_synthetic_decoder  # noqa: E402
-from tests.pipeline.conftest import (  # noqa: E402
+from podserve.demo import stage_demo
+from podserve.pipeline.synthetic import stage_synthetic_decoder
+from tests.pipeline.conftest import (
     Node,
     embed_request,
     free_port,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +210,20 @@ def test_unknown_task_is_a_manifest_error(tmp_path: Path, demo_root: Path) -> No
     with pytest.raises(ManifestError, match=r"invalid field 'options\.task'"):
         load(tmp_path, "m")
     assert json.loads((src / "config.json").read_text())["model_type"] == "bert"
+
+
+def test_the_lean_path_never_imports_transformers(demo_root: Path) -> None:
+    """transformers costs ~1 s of every cold start; the demo must not need it."""
+    code = (
+        "import sys\n"
+        "from podserve.runtime.registry import create_model\n"
+        "from podserve.settings import Settings\n"
+        "from podserve.storage.repository import ModelRepository\n"
+        f"m = create_model(ModelRepository({str(demo_root)!r}).open('minilm'), Settings())\n"
+        "m.load()\n"
+        "m.infer(m.warmup_inputs())\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in "
+        "('transformers', 'sentence_transformers', 'onnxruntime')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

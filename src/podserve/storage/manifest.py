@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from podserve.errors import ManifestError
 
 MANIFEST_NAME = "podserve.yaml"
+# libyaml's safe loader parses a manifest ~10x faster than the pure-Python one.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DATATYPES = (
     "BOOL",
@@ -113,7 +115,7 @@ class Manifest(_Strict):
 def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
     """Parse and validate manifest text; the error names the field and the file."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ManifestError(f"{where}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
