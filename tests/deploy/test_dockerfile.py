@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from tests.tools import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 TARGETS = ("cpu", "cuda")

@@ -14,8 +14,7 @@ from pydantic import ValidationError
 from podserve.kube import policy, schemas
 from podserve.protocol.http import routes
 from podserve.settings import Settings
-
-from .conftest import REPO
+from tests.tools import REPO
 
 DEPLOY = REPO / "deploy"
 KUSTOMIZATIONS = [

@@ -13,8 +13,7 @@ import yaml
 from podserve.cli import main
 from podserve.errors import ConfigurationError
 from podserve.kube import policy, render, schemas
-
-from .conftest import REPO
+from tests.tools import REPO
 
 Obj = dict[str, Any]
 TEMPLATES = REPO / "src/podserve/kube/templates"

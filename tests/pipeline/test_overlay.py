@@ -14,7 +14,7 @@ import pytest
 from podserve.kube import policy, schemas
 from podserve.pipeline.manifest import parse_pipeline, parse_stage
 from podserve.settings import Settings
-from tests.deploy.conftest import REPO, venv_tool
+from tests.tools import REPO, venv_tool
 
 OVERLAY = REPO / "deploy" / "overlays" / "pipeline"
 
