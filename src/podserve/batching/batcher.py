@@ -101,6 +101,8 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task[None] | None = None
         self._inflight = 0
+        self._busy = False  # a batch is on the inference thread
+        self._running: asyncio.Task[None] | None = None
         self._queued_rows = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -183,31 +185,26 @@ class Batcher:
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
-        running: asyncio.Task[None] | None = None
         while True:
-            if running is not None and running.done():
-                running = None
             if not self._heap:
-                if running is None and self._inflight == 0:
+                if not self._busy and self._inflight == 0:
                     self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if running is not None:
-                # The model is busy: let the next batch grow until it is full or the model
-                # frees up, then send it at once (its queue delay has usually passed).
-                if self._queued_rows < self.batch_cap:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                else:
-                    await asyncio.wait([running])
+            if self._busy:
+                # The model is busy: the next batch grows until the model frees up. The batch
+                # that just finished wakes this loop before it delivers its results, so the
+                # model gets its next batch before the previous answers are encoded.
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
             batch = await self._form_batch()
             if batch and self._inline:  # cheap model: run here, no task, no thread hop
                 await self._execute(batch)
             elif batch:
-                running = loop.create_task(self._execute(batch))
-                running.add_done_callback(lambda _t: self._wakeup.set())
+                self._busy = True
+                self._running = loop.create_task(self._execute(batch))
 
     async def _form_batch(self) -> list[_Item]:
         """Pop a batch: wait up to max_queue_delay for it to fill, dropping expired items."""
@@ -265,11 +262,12 @@ class Batcher:
 
     # --- execution ------------------------------------------------------------------------
 
-    async def _execute(self, batch: list[_Item]) -> None:
+    async def _execute(self, batch: list[_Item], *, retrying: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._inflight += len(batch)
         start = time.monotonic()
         retry: list[list[_Item]] = []
+        handed = False
         try:
             inputs = concat([i.inputs for i in batch])
             rows = sum(i.rows for i in batch)
@@ -277,6 +275,7 @@ class Batcher:
                 outputs = self._timed_run(inputs, rows)
             else:
                 outputs = await loop.run_in_executor(self._executor, self._timed_run, inputs, rows)
+                await self._hand_over()
             parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
             compute = time.monotonic() - start
             self._record(batch, rows, start, compute)
@@ -302,7 +301,18 @@ class Batcher:
             if not self._heap and not self._inflight:
                 self._idle.set()
         for half in retry:  # no await since the finally: drain() still sees them in flight
-            await self._execute(half)
+            await self._execute(half, retrying=True)
+        if not handed and not retrying and not self._inline:
+            # Failed, or split after running out of memory: the model is free only now, so
+            # the next batch is formed with the lowered cap and never races the halves.
+            self._busy = False
+            self._wakeup.set()
+
+    async def _hand_over(self) -> None:
+        """The inference thread is free: let the collector send it the next batch first."""
+        self._busy = False
+        self._wakeup.set()
+        await asyncio.sleep(0)  # the collector runs (and submits) before results are delivered
 
     def _after_oom(self, batch: list[_Item], exc: ResourceExhaustedError) -> list[list[_Item]]:
         """The halves to retry with a lower cap, or [] when a lone request failed (400)."""
