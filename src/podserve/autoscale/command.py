@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     header = (
         f"trace {trace.name}: {trace.total:.0f} requests over {trace.duration_s / 3600:.2f} h; "
-        f"replica: {model.throughput} req/s by batch, starts in {model.startup_s:g} s"
+        f"replica: {model.throughput} req/s by batch, starts in {model.startup_s:.1f} s"
     )
     code = 0
     if args.p99_goal is None:
