@@ -275,7 +275,12 @@ class Batcher:
                 outputs = self._timed_run(inputs, rows)
             else:
                 outputs = await loop.run_in_executor(self._executor, self._timed_run, inputs, rows)
-                await self._hand_over()
+                if not retrying and 2 * self._queued_rows >= self.batch_cap:
+                    # Half a batch or more is waiting: start it before encoding these answers.
+                    # With less, let the loop first take in the requests still arriving (a
+                    # busy loop lags behind), as the queue delay would.
+                    handed = True
+                    await self._hand_over()
             parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
             compute = time.monotonic() - start
             self._record(batch, rows, start, compute)
@@ -303,8 +308,8 @@ class Batcher:
         for half in retry:  # no await since the finally: drain() still sees them in flight
             await self._execute(half, retrying=True)
         if not handed and not retrying and not self._inline:
-            # Failed, or split after running out of memory: the model is free only now, so
-            # the next batch is formed with the lowered cap and never races the halves.
+            # Not handed over early (little waiting, a failure, or an OOM split): the model is
+            # free only now, so the next batch sees the lowered cap and never races the halves.
             self._busy = False
             self._wakeup.set()
 
