@@ -268,10 +268,11 @@ class Batcher:
         start = time.monotonic()
         retry: list[list[_Item]] = []
         handed = False
+        threaded = not self._inline  # `_inline` may flip while this batch runs
         try:
             inputs = concat([i.inputs for i in batch])
             rows = sum(i.rows for i in batch)
-            if self._inline:
+            if not threaded:
                 outputs = self._timed_run(inputs, rows)
             else:
                 outputs = await loop.run_in_executor(self._executor, self._timed_run, inputs, rows)
@@ -307,7 +308,7 @@ class Batcher:
                 self._idle.set()
         for half in retry:  # no await since the finally: drain() still sees them in flight
             await self._execute(half, retrying=True)
-        if not handed and not retrying and not self._inline:
+        if threaded and not handed and not retrying:
             # Not handed over early (little waiting, a failure, or an OOM split): the model is
             # free only now, so the next batch sees the lowered cap and never races the halves.
             self._busy = False
