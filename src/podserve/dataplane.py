@@ -426,6 +426,10 @@ class DataPlane:
             count.inc()
             seconds.observe(time.perf_counter() - started)
 
+    def served(self, name: str, version: str | None = None) -> ServedModel:
+        """The served model, or ModelNotFoundError: surfaces check it before decoding."""
+        return self._get(name, version)
+
     def _get(self, name: str, version: str | None = None) -> ServedModel:
         served = self.models.get(name)
         if served is None:

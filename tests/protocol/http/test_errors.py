@@ -163,6 +163,14 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
         "unknown model",
     ),
     (
+        "unknown-model-empty-body",
+        "nope",
+        b"{}",
+        {},
+        404,
+        "unknown model",
+    ),
+    (
         "unknown-version",
         "identity/versions/3",
         json.dumps({"inputs": [_tensor()]}).encode(),

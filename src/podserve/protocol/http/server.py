@@ -129,6 +129,7 @@ class App:
         try:
             routes.check_version_string(model, version)
             body = await self._read_body(req, receive)
+            self.dataplane.served(model, version)  # unknown model: 404 before any decoding
             if req.content_encoding:
                 body = convert.decompress(
                     body, req.content_encoding.decode("latin-1").strip().lower(), self.limit
