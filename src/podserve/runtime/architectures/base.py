@@ -125,6 +125,15 @@ class LayeredModel(nn.Module):
         names: Iterable[str],
     ) -> Self:
         """Construct the (meta-device) modules; ``names`` are the available tensors."""
+        if not cls.supports(config):
+            raise UnsupportedConfigError(f"config not supported by {cls.__name__}: {config}")
+        return cls._construct(dict(config), layers, embeddings, head, set(names))
+
+    @classmethod
+    def _construct(
+        cls, cfg: dict[str, Any], layers: range, embeddings: bool, head: bool, names: set[str]
+    ) -> Self:
+        """The architecture's own constructor call, once ``supports`` has passed."""
         raise NotImplementedError
 
     @classmethod

@@ -9,14 +9,14 @@ state dict loads as is.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from podserve.runtime.architectures.base import LayeredModel, UnsupportedConfigError
+from podserve.runtime.architectures.base import LayeredModel
 from podserve.runtime.architectures.layers import Embedding, LayerNorm, Linear
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -134,17 +134,10 @@ class Bert(LayeredModel):
         )
 
     @classmethod
-    def build(
-        cls,
-        config: Mapping[str, Any],
-        layers: range,
-        embeddings: bool,
-        head: bool,
-        names: Iterable[str],
+    def _construct(
+        cls, cfg: dict[str, Any], layers: range, embeddings: bool, head: bool, names: set[str]
     ) -> Self:
-        if not cls.supports(config):
-            raise UnsupportedConfigError(f"config not supported by the lean BERT: {config}")
-        return cls(dict(config), layers, embeddings, head, set(names))
+        return cls(cfg, layers, embeddings, head, names)
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from podserve.runtime.architectures.base import LayeredModel, UnsupportedConfigError
+from podserve.runtime.architectures.base import LayeredModel
 from podserve.runtime.architectures.bert import ACTIVATIONS
 from podserve.runtime.architectures.layers import Conv1D, Embedding, LayerNorm
 from podserve.runtime.safetensors_view import write_safetensors
@@ -89,17 +89,10 @@ class Decoder(LayeredModel):
         )
 
     @classmethod
-    def build(
-        cls,
-        config: Mapping[str, Any],
-        layers: range,
-        embeddings: bool,
-        head: bool,
-        names: Iterable[str],
+    def _construct(
+        cls, cfg: dict[str, Any], layers: range, embeddings: bool, head: bool, names: set[str]
     ) -> Self:
-        if not cls.supports(config):
-            raise UnsupportedConfigError(f"config not supported by the lean decoder: {config}")
-        return cls(dict(config), layers, embeddings, head)
+        return cls(cfg, layers, embeddings, head)
 
     def __init__(self, cfg: dict[str, Any], layers: range, embeddings: bool, head: bool) -> None:
         super().__init__()
