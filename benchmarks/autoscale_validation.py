@@ -3,7 +3,7 @@
 Runs real ``podserve worker`` processes against the real RabbitMQ on 127.0.0.1:5672 and
 scales them with the planner's own KEDA and HPA rules (podserve.autoscale.control) at short
 intervals. The model they serve is a ``python``-runtime model staged with
-``podserve.storage.stage.stage_model`` that sleeps a fixed time per batch (100 ms per batch of
+``podserve.storage.staging.stage_model`` that sleeps a fixed time per batch (100 ms per batch of
 up to 8 by default): a cheap model with a stable, known per-batch cost, so that the timeline
 means something on 2 shared cores. Everything else is the real path: the worker's quorum queue
 and DLX (declared through ``podserve.protocol.queue.topology``), v2 request bodies with the
@@ -51,7 +51,7 @@ from podserve.autoscale.simulate import SimResult, simulate
 from podserve.autoscale.traces import backlog
 from podserve.protocol.queue import topology
 from podserve.protocol.queue.client import QueueClient, encode_request
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 HERE = Path(__file__).parent
 AMQP = os.environ.get("PODSERVE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

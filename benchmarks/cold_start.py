@@ -185,7 +185,7 @@ def import_torch_seconds(cold: bool) -> float:
 def stage_models(root: Path, scratch: Path, layers: int, hidden: int) -> None:
     from podserve.demo import demo_manifest, demo_source, stage_demo
     from podserve.runtime.architectures.decoder import write_random_decoder
-    from podserve.storage.stage import stage_model
+    from podserve.storage.staging import stage_model
 
     stage_demo(root)
     if (root / SYNTH / "1").exists():

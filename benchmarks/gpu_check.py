@@ -220,7 +220,7 @@ def _stage_big(tmp: Path, root: Path, size_gb: float) -> tuple[Path, int]:
     import torch
     from safetensors.torch import save_file
 
-    from podserve.storage.stage import stage_model
+    from podserve.storage.staging import stage_model
 
     width = 8192 if size_gb >= 1 else 1024
     layers = max(1, round(size_gb * GB / (width * width * 2)))
@@ -252,7 +252,7 @@ def _stage_big(tmp: Path, root: Path, size_gb: float) -> tuple[Path, int]:
 
 
 def _stage_hungry(tmp: Path, root: Path, floats: int) -> None:
-    from podserve.storage.stage import stage_model
+    from podserve.storage.staging import stage_model
 
     src = tmp / "src-hungry"
     src.mkdir()
@@ -324,7 +324,7 @@ def _host_to_device(path: Path, device: str) -> dict[str, float]:
 
 
 async def _force_split(dp: Any) -> dict[str, Any]:
-    from podserve.protocol.v2 import InferRequest, InferTensor
+    from podserve.v2 import InferRequest, InferTensor
 
     batcher = dp.models["hungry"].batcher
     cap = batcher.batch_cap
@@ -356,7 +356,7 @@ async def _steady(dp: Any, requests: int, cuda: bool) -> dict[str, Any]:
     import torch
 
     from podserve.demo import DEMO_MODEL
-    from podserve.protocol.v2 import InferRequest, InferTensor
+    from podserve.v2 import InferRequest, InferTensor
 
     words = ["kubernetes", "schedules", "pods", "serving", "models", "from", "volumes"]
 

@@ -31,12 +31,12 @@ from podserve.protocol.grpc import convert
 from podserve.protocol.grpc._generated import grpc_service_pb2 as pb
 from podserve.protocol.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from podserve.protocol.grpc.server import GrpcServer
-from podserve.protocol.v2 import InferRequest, InferTensor, output_tensor
-from podserve.protocol.v2 import InferResponse as V2Response
 from podserve.runtime.model import Model
 from podserve.settings import Settings
 from podserve.storage.repository import ModelRepository
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
+from podserve.v2 import InferRequest, InferTensor, output_tensor
+from podserve.v2 import InferResponse as V2Response
 
 CASES = [  # name, shape, datatype
     ("FP32 [1,1,384]", (1, 1, 384), "FP32"),

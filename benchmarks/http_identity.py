@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 MODEL_PY = """
 class Identity:

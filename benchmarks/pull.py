@@ -32,7 +32,7 @@ from pathlib import Path
 import boto3
 from boto3.s3.transfer import TransferConfig
 
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 BUCKET = "bench-models"
 PREFIX = "models/bench/1"

@@ -43,7 +43,7 @@ class Identity:
 
 def stage(root: Path) -> None:
     from podserve.demo import stage_demo
-    from podserve.storage.stage import stage_model
+    from podserve.storage.staging import stage_model
 
     stage_demo(root)
     src = root.parent / "identity.py"

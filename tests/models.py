@@ -28,7 +28,7 @@ from podserve.runtime.model import Model
 from podserve.settings import Settings
 from podserve.storage.manifest import DATATYPES
 from podserve.storage.repository import ModelVersion
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 SLOW_SECONDS = 2.0
 

@@ -22,10 +22,10 @@ import torch
 from safetensors.torch import save_file
 
 from podserve.dataplane import DataPlane
-from podserve.protocol.v2 import InferRequest, InferTensor
 from podserve.settings import Settings
 from podserve.storage.repository import ModelRepository
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
+from podserve.v2 import InferRequest, InferTensor
 
 REQUESTS = 5_000
 WAVE = 50

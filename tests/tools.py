@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# The clone sits beside shared/ (CI and the dev machine alike): ../shared/schemas/keda.
-KEDA_SCHEMAS = REPO.parent / "shared" / "schemas" / "keda"
+# KEDA's CRDs ship in the package (src/podserve/kube/crds, with their source and licence).
+KEDA_SCHEMAS = REPO / "src" / "podserve" / "kube" / "crds" / "keda"
 
 
 def venv_tool(name: str) -> str | None:

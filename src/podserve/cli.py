@@ -1,7 +1,7 @@
 """The ``podserve`` command line.
 
-Each command lives in the module of the part it drives and exposes ``register(subparsers)``;
-this file only lists them, so ``podserve --help`` imports nothing heavy. Handlers return an
+Each command lives in ``podserve/commands/<command>.py`` and exposes ``register(subparsers)``;
+this file registers them all, and ``podserve --help`` imports nothing heavy. Handlers return an
 exit code; a :class:`~podserve.errors.PodserveError` becomes its message on stderr and its
 ``exit_code``.
 """
@@ -13,17 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Modules that define `register(subparsers)`, in the order `--help` lists them.
-COMMAND_MODULES = [
-    "podserve.commands.serve",  # serve, demo
-    "podserve.storage.commands",  # stage, verify
-    "podserve.kube.command",  # render
-    "podserve.storage.transfer_command",  # pull, push
-    "podserve.autoscale.command",  # plan
-    "podserve.protocol.queue.command",  # worker, submit
-    "podserve.runtime.command",  # devices
-    "podserve.pipeline.command",  # split
-]
+from podserve.commands import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"podserve.commands.{name}").register(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from podserve.errors import ConfigurationError, PodserveError
 from podserve.storage.repository import ModelRepository
-from podserve.storage.stage import collect_files, stage_model
+from podserve.storage.staging import collect_files, stage_model
 
 DEMO_MODEL = "minilm"
 ONNX_DEMO_MODEL = "minilm-onnx"

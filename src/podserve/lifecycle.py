@@ -53,7 +53,8 @@ class Server:
     def _build_surfaces(self) -> None:
         s, dp = self.settings, self.dataplane
         if self._want_http:
-            from podserve.protocol.http.server import HttpServer, create_app
+            from podserve.protocol.http.app import create_app
+            from podserve.protocol.http.server import HttpServer
 
             self.surfaces.append(HttpServer(create_app(dp, s), s, s.host, s.http_port))
         if self._want_grpc:

@@ -37,7 +37,7 @@ def scaled_object(**kw: Any) -> dict[str, Any]:
     )
 
 
-def test_schema_dir_is_found_beside_the_clone() -> None:
+def test_the_keda_crds_ship_in_the_package() -> None:
     assert (find_schema_dir() / "keda.sh_scaledobjects.yaml").is_file()
 
 

@@ -19,11 +19,11 @@ import pytest
 from podserve import metrics
 from podserve.dataplane import DataPlane
 from podserve.errors import ResourceExhaustedError
-from podserve.protocol.http.server import create_app
-from podserve.protocol.v2 import InferRequest, InferTensor
+from podserve.protocol.http.app import create_app
 from podserve.settings import Settings
 from podserve.storage.repository import ModelRepository
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
+from podserve.v2 import InferRequest, InferTensor
 
 MODEL_PY = """
 import torch

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from podserve.demo import stage_demo
-from podserve.pipeline.manifest import Pipeline
 from podserve.pipeline.split import split_model
+from podserve.pipeline.split_manifest import Pipeline
 from podserve.pipeline.synthetic import stage_synthetic_decoder
 
 

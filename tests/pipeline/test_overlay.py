@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from podserve.kube import policy, schemas
-from podserve.pipeline.manifest import parse_pipeline, parse_stage
+from podserve.pipeline.split_manifest import parse_pipeline, parse_stage
 from podserve.settings import Settings
 from tests.tools import REPO, venv_tool
 

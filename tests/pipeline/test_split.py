@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from podserve.cli import main
 from podserve.errors import ConfigurationError, IntegrityError
-from podserve.pipeline.manifest import load_pipeline, parse_stage
 from podserve.pipeline.split import balance, split_model
-from podserve.pipeline.stage import read_stage_weights
+from podserve.pipeline.split_manifest import load_pipeline, parse_stage
+from podserve.pipeline.stage_server import read_stage_weights
 from podserve.runtime.safetensors_view import read_header
 from podserve.storage.repository import ModelRepository
 

@@ -1,4 +1,4 @@
-"""K = 2 and K = 3 stage processes on loopback with real gRPC (podserve.pipeline.stage/entry)."""
+"""K = 2 and K = 3 stage processes on loopback with real gRPC (stage_server and entry)."""
 
 from __future__ import annotations
 

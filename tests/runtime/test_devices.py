@@ -24,7 +24,7 @@ from podserve.errors import AcceleratorUnavailableError
 from podserve.runtime.devices import Device, Inventory, inventory, read_nvml, select_visible
 from podserve.settings import Settings
 from podserve.storage.repository import ModelRepository
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 HAS_GPU = inventory().count > 0
 no_gpu = pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")

@@ -19,12 +19,12 @@ import torch
 from podserve import metrics
 from podserve.batching.batcher import Batcher
 from podserve.dataplane import DataPlane
+from podserve.dataplane.models import apply_plan
 from podserve.errors import ResourceExhaustedError
 from podserve.runtime.memory import (
     HEADROOM,
     LONG_TEXT,
     MemoryPlan,
-    apply_plan,
     batch_cap,
     fit_probe,
     is_out_of_memory,
@@ -37,7 +37,7 @@ from podserve.runtime.memory import (
 from podserve.runtime.registry import create_model
 from podserve.settings import Settings
 from podserve.storage.repository import ModelRepository
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 MiB = 1 << 20
 GiB = 1 << 30

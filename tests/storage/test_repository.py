@@ -18,7 +18,7 @@ from podserve.errors import (
     UnsafeWeightsError,
 )
 from podserve.storage.repository import ModelRepository, parse_model_ref
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 from tests.storage.conftest import IDENT_MANIFEST
 from tests.storage.privileges import as_nobody
 

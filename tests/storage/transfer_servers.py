@@ -13,7 +13,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 MANIFEST = {
     "runtime": "python",

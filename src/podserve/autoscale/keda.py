@@ -12,7 +12,6 @@ scaled to zero mid-batch; the management API counts ready + unacked.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from podserve.errors import ConfigurationError
+from podserve.kube.schemas import KEDA_CRDS
 
 PolicyType = Literal["Pods", "Percent"]
 SelectPolicy = Literal["Max", "Min", "Disabled"]
@@ -176,18 +176,8 @@ CRD_FILES = {
 
 
 def find_schema_dir() -> Path:
-    """KEDA's CRDs: ``$PODSERVE_KEDA_SCHEMA_DIR``, else ``<repo root>/../shared/schemas/keda``."""
-    env = os.environ.get("PODSERVE_KEDA_SCHEMA_DIR")
-    candidates = [Path(env)] if env else []
-    for base in (Path(__file__).resolve(), Path.cwd().resolve()):
-        candidates += [p / "shared" / "schemas" / "keda" for p in base.parents]
-    for candidate in candidates:
-        if (candidate / CRD_FILES["ScaledObject"]).is_file():
-            return candidate
-    raise ConfigurationError(
-        "KEDA CRD schemas not found: set PODSERVE_KEDA_SCHEMA_DIR or place them in "
-        "<repo root>/../shared/schemas/keda/"
-    )
+    """KEDA's CRDs, shipped in the package (``podserve/kube/crds/keda``)."""
+    return KEDA_CRDS
 
 
 # The CRD leaves metadata a bare object; close it to the fields a ScaledObject author writes.

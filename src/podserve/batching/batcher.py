@@ -27,6 +27,7 @@ import numpy as np
 
 from podserve import metrics
 from podserve.batching.shapes import batch_key, concat, split
+from podserve.batching.stats import BatcherStats
 from podserve.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -35,6 +36,7 @@ from podserve.errors import (
     PodserveError,
     ResourceExhaustedError,
 )
+from podserve.runtime.memory import forget
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +52,6 @@ class _Item:
     enqueued: float = field(compare=False)
     deadline: float | None = field(compare=False)
     key: tuple[object, ...] = field(compare=False)
-
-
-@dataclass
-class BatcherStats:
-    """Counts for ``/v2/models/{m}/stats``; times in nanoseconds as Triton reports them."""
-
-    success: int = 0
-    fail: int = 0
-    inference_count: int = 0
-    execution_count: int = 0
-    queue_ns: int = 0
-    compute_ns: int = 0
-    batch_sizes: dict[int, int] = field(default_factory=dict)
 
 
 class Batcher:
@@ -322,8 +311,6 @@ class Batcher:
 
     def _after_oom(self, batch: list[_Item], exc: ResourceExhaustedError) -> list[list[_Item]]:
         """The halves to retry with a lower cap, or [] when a lone request failed (400)."""
-        from podserve.runtime.memory import forget
-
         forget(exc)  # the failed forward's frames hold its tensors; the halves need the memory
         rows = sum(i.rows for i in batch)
         if self.batched and rows > 1:

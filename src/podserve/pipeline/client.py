@@ -31,7 +31,7 @@ from podserve.errors import InferenceError, PodserveError, StageUnavailableError
 from podserve.protocol.grpc._generated import grpc_service_pb2 as pb
 from podserve.protocol.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from podserve.protocol.grpc.convert import request_to_pb, response_from_pb
-from podserve.protocol.v2 import InferRequest, InferTensor, to_datatype
+from podserve.v2 import InferRequest, InferTensor, to_datatype
 
 log = logging.getLogger(__name__)
 

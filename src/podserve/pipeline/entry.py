@@ -23,7 +23,7 @@ import numpy as np
 
 from podserve.errors import ConfigurationError, IntegrityError, ManifestError
 from podserve.pipeline.client import StageClients
-from podserve.pipeline.manifest import Pipeline
+from podserve.pipeline.split_manifest import Pipeline
 from podserve.runtime.loading import VersionReader
 from podserve.runtime.model import Model
 from podserve.runtime.text import (

@@ -1,7 +1,7 @@
 """``podserve split``: plan balanced layer ranges and record what each stage may read.
 
 The split reads and verifies the whole weight file once (the stages never can: each reads
-only its share), then writes a :class:`~podserve.pipeline.manifest.Pipeline` with, for every
+only its share), then writes a :class:`~podserve.pipeline.split_manifest.Pipeline` with, for every
 stage, its layers, the byte ranges of its tensors and their BLAKE3 digest.
 
 Balancing is a min-max contiguous partition (dynamic programming, exact): by parameter
@@ -23,7 +23,7 @@ from typing import Any, Literal
 import blake3
 
 from podserve.errors import ConfigurationError, ManifestError
-from podserve.pipeline.manifest import ByteRange, Pipeline, StagePlan, WeightFile
+from podserve.pipeline.split_manifest import ByteRange, Pipeline, StagePlan, WeightFile
 from podserve.runtime.architectures import LayeredModel, find_architecture
 from podserve.runtime.safetensors_view import SafetensorsHeader, parse_header
 from podserve.storage.integrity import check_digest, expected_digest, new_hasher

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from podserve.runtime.architectures.decoder import write_random_decoder
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 
 def word_tokenizer(vocab: int) -> str:

@@ -54,11 +54,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from podserve import metrics
 from podserve.errors import PodserveError, ResourceExhaustedError
 
 if TYPE_CHECKING:
-    from podserve.batching.batcher import Batcher
     from podserve.runtime.model import Model
 
 log = logging.getLogger(__name__)
@@ -332,20 +330,6 @@ def _budget_base(meter: CudaMeter, fraction: float) -> tuple[int, int]:
         index = meter.device.index or 0
         meter._cuda.set_per_process_memory_fraction(min(1.0, limit / total), index)
     return _device_budgets[key]
-
-
-def apply_plan(name: str, model: Model, batcher: Batcher, extra: dict[str, Any]) -> None:
-    """Hand the plan made at load to the model's batcher, metadata and metrics."""
-    plan = model.report.details.get("memory_plan")
-    if not isinstance(plan, MemoryPlan):
-        return
-    if batcher.batched:
-        batcher.lower_cap(plan.cap)
-    extra.update(plan.metadata())
-    if plan.budget is not None:
-        metrics.MEMORY_BUDGET.labels(model=name).set(plan.budget)
-    if plan.per_sample is not None:
-        metrics.MEMORY_PER_SAMPLE.labels(model=name).set(plan.per_sample)
 
 
 def _mib(n: int) -> str:

@@ -31,7 +31,6 @@ from podserve.errors import (
     ManifestError,
     ModelDirectoryError,
 )
-from podserve.protocol.v2 import to_numpy_dtype
 from podserve.runtime.loading import VersionReader
 from podserve.runtime.memory import is_out_of_memory, oom_error
 from podserve.runtime.model import Model
@@ -44,6 +43,7 @@ from podserve.runtime.text import (
     resolve_max_length,
     texts_from,
 )
+from podserve.v2 import to_numpy_dtype
 
 
 class OnnxModel(Model):

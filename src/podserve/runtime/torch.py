@@ -29,7 +29,6 @@ from podserve.errors import (
     PodserveError,
     ResourceExhaustedError,
 )
-from podserve.protocol.v2 import to_numpy_dtype
 from podserve.runtime.loading import VersionReader
 from podserve.runtime.memory import is_out_of_memory, oom_error
 from podserve.runtime.model import Model
@@ -37,6 +36,7 @@ from podserve.runtime.placement import choose_device
 from podserve.runtime.state_dict import read_state_dict, weight_files
 from podserve.runtime.usercode import load_class
 from podserve.storage.reader import WeightBuffer
+from podserve.v2 import to_numpy_dtype
 
 
 class TorchModel(Model):

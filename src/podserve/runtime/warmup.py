@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from podserve.errors import ManifestError
-from podserve.protocol.v2 import to_numpy_dtype
 from podserve.storage.manifest import Manifest
+from podserve.v2 import to_numpy_dtype
 
 
 def warmup_batch(manifest: Manifest) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ import pytest
 from podserve.errors import InvalidRequestError
 from podserve.protocol.grpc import convert
 from podserve.protocol.grpc._generated import grpc_service_pb2 as pb
-from podserve.protocol.v2 import InferRequest, InferResponse, InferTensor, RequestedOutput
+from podserve.v2 import InferRequest, InferResponse, InferTensor, RequestedOutput
 from tests.models import DATATYPES
 
 VALUES = {

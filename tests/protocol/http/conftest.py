@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import pytest
 
 from podserve.dataplane import DataPlane, ModelFactory
-from podserve.protocol.http.server import HttpServer, create_app
+from podserve.protocol.http.app import create_app
+from podserve.protocol.http.server import HttpServer
 from podserve.settings import Settings
 from podserve.storage.repository import ModelRepository
 from tests.models import model_factory, stage_all

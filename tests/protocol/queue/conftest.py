@@ -30,7 +30,7 @@ from podserve.protocol.queue.topology import Topology
 from podserve.protocol.queue.worker import QueueWorker
 from podserve.settings import Settings
 from podserve.storage.repository import ModelRepository
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 AMQP_URL = os.environ.get("PODSERVE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MODEL = "doubler"

@@ -1,4 +1,4 @@
-"""``ModelInferRequest`` / ``ModelInferResponse`` ↔ the v2 types of :mod:`podserve.protocol.v2`.
+"""``ModelInferRequest`` / ``ModelInferResponse`` ↔ the v2 types of :mod:`podserve.v2`.
 
 The raw path is the one that matters for speed: ``tritonclient.grpc`` (and podserve's own
 pipeline stages) send every input in ``raw_input_contents``, and each entry becomes a numpy
@@ -16,17 +16,8 @@ import numpy as np
 
 from podserve.errors import InvalidRequestError
 from podserve.protocol.grpc._generated import grpc_service_pb2 as pb
-from podserve.protocol.v2 import (
-    InferRequest,
-    InferResponse,
-    InferTensor,
-    RequestedOutput,
-    check_shape,
-    element_count,
-    tensor_from_raw,
-    tensor_to_raw,
-    to_numpy_dtype,
-)
+from podserve.v2 import InferRequest, InferResponse, InferTensor, RequestedOutput, to_numpy_dtype
+from podserve.v2.tensors import check_shape, element_count, tensor_from_raw, tensor_to_raw
 
 # datatype -> the InferTensorContents field that carries it
 CONTENTS_FIELD = {

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from podserve import __version__
-from podserve.protocol.v2 import DATATYPES
+from podserve.v2 import DATATYPES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 

@@ -40,7 +40,8 @@ from podserve.protocol.queue import convert
 from podserve.protocol.queue.connection import connect
 from podserve.protocol.queue.errors import broker_errors
 from podserve.protocol.queue.topology import Topology, declare
-from podserve.protocol.v2 import tensor_from_json, tensor_from_raw, tensor_to_json, to_datatype
+from podserve.v2 import to_datatype
+from podserve.v2.tensors import tensor_from_json, tensor_from_raw, tensor_to_json
 
 REPLY_QUEUE_EXPIRES_MS = 10 * 60 * 1000
 

@@ -27,8 +27,9 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
 from podserve.errors import InvalidRequestError, ModelNotFoundError, PodserveError
-from podserve.protocol.http.convert import decode_infer, decompress, encode_infer
-from podserve.protocol.v2 import InferRequest, InferResponse
+from podserve.v2 import InferRequest, InferResponse
+from podserve.v2.codecs import decode_infer, encode_infer
+from podserve.v2.compression import decompress
 
 MODEL_HEADER = "model"
 VERSION_HEADER = "model_version"

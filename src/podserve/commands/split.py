@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from podserve.commands import Subparsers
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
+
+def register(sub: Subparsers) -> None:
+    parser = sub.add_parser(
         "split",
         help="plan pipeline stages (layer ranges) for a model too big for one pod",
         description="Read and verify MODEL's weights once, balance its layers over K stages "
@@ -35,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _split(args: argparse.Namespace) -> int:
-    from podserve.pipeline.manifest import default_path
     from podserve.pipeline.split import split_model
+    from podserve.pipeline.split_manifest import default_path
     from podserve.storage.repository import parse_model_ref
 
     name, version = parse_model_ref(args.model)

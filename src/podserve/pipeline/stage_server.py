@@ -26,7 +26,7 @@ import blake3
 import numpy as np
 
 from podserve.errors import ConfigurationError, IntegrityError, ManifestError, ModelNotFoundError
-from podserve.pipeline.manifest import (
+from podserve.pipeline.split_manifest import (
     Pipeline,
     StagePlan,
     load_pipeline,

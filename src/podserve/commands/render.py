@@ -6,9 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from podserve.commands import Subparsers
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
+
+def register(sub: Subparsers) -> None:
+    parser = sub.add_parser(
         "render",
         help="Kubernetes manifests from a short config",
         description="Render the Deployment, Service, ConfigMap, PDB, claim and (with a queue) "
@@ -22,9 +24,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--validate",
         metavar="KEDA_SCHEMAS",
+        nargs="?",
+        const=True,
         type=Path,
-        help="also validate against Kubernetes' schemas (strict) and the KEDA CRDs in this "
-        "directory (needs kubernetes-validate and jsonschema)",
+        help="also validate against Kubernetes' schemas (strict) and KEDA's CRDs, those shipped "
+        "with podserve or the ones in this directory (needs kubernetes-validate and jsonschema)",
     )
     parser.set_defaults(handler=_render)
 
@@ -37,7 +41,8 @@ def _render(args: argparse.Namespace) -> int:
     if args.validate is not None:
         from podserve.kube import schemas
 
-        problems = schemas.validate(objects, args.validate)
+        crds = schemas.KEDA_CRDS if args.validate is True else args.validate
+        problems = schemas.validate(objects, crds)
         if problems:
             raise ConfigurationError("schema violations: " + "; ".join(problems))
     if args.output is None:

@@ -1,10 +1,4 @@
-"""``podserve pull`` and ``podserve push``: the init-container step and its reverse.
-
-Exit codes an init container's restart policy can act on (from the error tree): 0 done or
-already present, 2 bad arguments or names, 3 the volume, 4 checksum/manifest problems,
-5 transient network trouble (retries exhausted; restarting may help), 6 permanent (404,
-access denied, wrong region: restarting will not help).
-"""
+"""What ``pull`` and ``push`` share: the source flags and the progress reporters."""
 
 from __future__ import annotations
 
@@ -15,55 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONCURRENCY = 8
-DEFAULT_PART_MB = 32
 
-
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "pull",
-        help="copy a model version from s3://, gs://, https:// or a path onto the volume",
-        description="Download SOURCE (a version directory or a .tar/.tar.gz/.zip archive) into "
-        "ROOT/NAME/VERSION: parallel ranged parts, verified against SHA256SUMS while "
-        "streaming, resumable, published by one atomic rename.",
-    )
-    p.add_argument("source", metavar="SOURCE")
-    p.add_argument("dest", metavar="ROOT/NAME/VERSION", type=Path)
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=_env_int("PODSERVE_PULL_CONCURRENCY", DEFAULT_CONCURRENCY),
-        help="parallel requests (env PODSERVE_PULL_CONCURRENCY; default %(default)s)",
-    )
-    p.add_argument(
-        "--part-size-mb",
-        type=int,
-        default=_env_int("PODSERVE_PULL_PART_SIZE_MB", DEFAULT_PART_MB),
-        help="byte-range part size in MiB (env PODSERVE_PULL_PART_SIZE_MB; default %(default)s)",
-    )
-    p.add_argument(
-        "--sha256",
-        action="store_true",
-        help="verify with SHA-256 even when the manifest records BLAKE3 digests",
-    )
-    _common(p)
-    p.set_defaults(handler=_pull)
-
-    q = sub.add_parser(
-        "push",
-        help="publish a staged model version to object storage",
-        description="Verify ROOT/NAME/VERSION, then upload it with its manifest and SHA256SUMS "
-        "(SHA256SUMS last) to DEST.",
-    )
-    q.add_argument("src", metavar="ROOT/NAME/VERSION", type=Path)
-    q.add_argument("dest", metavar="DEST")
-    q.add_argument("--concurrency", type=int, default=4, help="files uploaded at once")
-    q.add_argument("--force", action="store_true", help="overwrite a different version at DEST")
-    _common(q)
-    q.set_defaults(handler=_push)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
+def add_source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)"
     )
@@ -84,12 +31,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value and value.isdigit() else default
 
 
-def _options(args: argparse.Namespace) -> Any:
+def source_options(args: argparse.Namespace) -> Any:
     from podserve.storage.sources.base import SourceOptions
 
     return SourceOptions(
@@ -98,63 +45,6 @@ def _options(args: argparse.Namespace) -> Any:
         credentials_dir=args.credentials_dir,
         anonymous=args.anonymous,
     )
-
-
-def _pull(args: argparse.Namespace) -> int:
-    from podserve.errors import ConfigurationError
-    from podserve.storage.pull import pull
-    from podserve.storage.sources.base import redact
-
-    if args.concurrency < 1 or args.part_size_mb < 1:
-        raise ConfigurationError("--concurrency and --part-size-mb must be at least 1")
-    reporter = make_reporter(args.progress, "pull")
-    try:
-        result = pull(
-            args.source,
-            args.dest,
-            options=_options(args),
-            concurrency=args.concurrency,
-            part_size=args.part_size_mb * 1024 * 1024,
-            reporter=reporter,
-            force_sha256=args.sha256,
-        )
-    finally:
-        reporter.finish()
-    if result.already_present:
-        print(f"{result.path}: already present and verified")
-    else:
-        rate = result.fetched_bytes / 1e6 / max(result.seconds, 1e-9)
-        print(
-            f"pulled {redact(args.source)} to {result.path}: {result.total_bytes / 1e6:.1f} MB "
-            f"({result.fetched_bytes / 1e6:.1f} MB fetched) in {result.seconds:.1f} s "
-            f"({rate:.0f} MB/s), verified"
-        )
-    return 0
-
-
-def _push(args: argparse.Namespace) -> int:
-    from podserve.storage.push import push
-
-    reporter = make_reporter(args.progress, "push")
-    try:
-        result = push(
-            args.src,
-            args.dest,
-            options=_options(args),
-            concurrency=args.concurrency,
-            force=args.force,
-            reporter=reporter,
-        )
-    finally:
-        reporter.finish()
-    if result.already_present:
-        print(f"{result.uri}: already holds this version")
-    else:
-        print(
-            f"pushed {args.src} to {result.uri}: {result.total_bytes / 1e6:.1f} MB in "
-            f"{result.seconds:.1f} s"
-        )
-    return 0
 
 
 def make_reporter(mode: str, verb: str) -> Any:

@@ -15,8 +15,10 @@ import argparse
 import json
 from typing import Any
 
+from podserve.commands import Subparsers
 
-def register(sub: Any) -> None:
+
+def register(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "devices", help="what accelerators this process sees",
         description="List the GPUs / MIG instances visible to this process (NVML; CUDA_VISIBLE_"

@@ -1,37 +1,16 @@
-"""``podserve worker`` (consume a RabbitMQ queue) and ``podserve submit`` (publish, await)."""
+"""``podserve submit --queue Q``: publish inference requests to a worker queue; print replies."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
-from typing import Any
+
+from podserve.commands import Subparsers
 
 
-def register(sub: Any) -> None:
-    from podserve.commands.serve import add_serving_flags
-
-    worker = sub.add_parser(
-        "worker",
-        help="consume v2 inference requests from a RabbitMQ queue and reply",
-        description="Serve models from a repository to a RabbitMQ queue: each message is a v2 "
-        "inference request (the REST JSON body) with reply_to and correlation_id; the reply is "
-        "published (with confirms) before the message is acked. Undecodable or invalid "
-        "messages get an error reply and go to the dead-letter queue. HTTP health endpoints "
-        "stay on for the probes; gRPC is off unless --grpc-port is given. Every flag also "
-        "reads from its PODSERVE_* environment variable.",
-    )
-    worker.add_argument("root", nargs="?", help="repository root (PODSERVE_MODEL_ROOT)")
-    add_serving_flags(worker)  # includes --queue (required here) and --amqp-url
-    worker.add_argument("--prefetch", type=int, help="unacked messages (default 2 x batch size)")
-    worker.add_argument("--delivery-limit", type=int, help="deliveries before the DLQ (3)")
-    worker.add_argument("--dead-letter-queue", help="DLQ name (default <queue>.dlq)")
-    worker.add_argument("--dead-letter-exchange", help="DLX name (default <queue>.dlx)")
-    worker.add_argument("--results-exchange", help="publish replies to this exchange")
-    worker.set_defaults(handler=_worker)
-
+def register(sub: Subparsers) -> None:
     submit = sub.add_parser(
         "submit",
         help="publish inference requests to a worker queue and print the replies",
@@ -59,36 +38,6 @@ def register(sub: Any) -> None:
     submit.add_argument("--no-wait", action="store_true", help="publish only, print the ids")
     submit.add_argument("--amqp-url", help="RabbitMQ URL (PODSERVE_AMQP_URL)")
     submit.set_defaults(handler=_submit)
-
-
-_WORKER_FIELDS = (
-    "prefetch",
-    "delivery_limit",
-    "dead_letter_queue",
-    "dead_letter_exchange",
-    "results_exchange",
-)
-
-
-def _worker(args: argparse.Namespace) -> int:
-    from podserve import logs
-    from podserve.commands.serve import settings_from_args
-    from podserve.errors import ConfigurationError
-    from podserve.lifecycle import Server
-
-    extra = {f: getattr(args, f) for f in _WORKER_FIELDS if getattr(args, f) is not None}
-    settings = settings_from_args(args, **extra)
-    if not settings.queue:
-        raise ConfigurationError("podserve worker needs --queue NAME (or PODSERVE_QUEUE)")
-    logs.configure(settings.log_level, settings.log_format)
-    grpc = args.grpc_port is not None or "PODSERVE_GRPC_PORT" in os.environ
-    server = Server(settings, http=True, grpc=grpc)
-    try:
-        import uvloop
-
-        return uvloop.run(server.run())
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        return asyncio.run(server.run())
 
 
 def _requests(args: argparse.Namespace) -> list[bytes]:
@@ -126,7 +75,7 @@ async def _submit_async(url: str, args: argparse.Namespace, bodies: list[bytes])
 
     from podserve.protocol.queue.client import QueueClient
     from podserve.protocol.queue.convert import HEADER_LENGTH
-    from podserve.protocol.v2 import tensor_to_json
+    from podserve.v2.tensors import tensor_to_json
 
     failed = False
     async with QueueClient(url, args.queue, connection_name="podserve-submit") as client:

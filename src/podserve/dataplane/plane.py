@@ -1,7 +1,7 @@
-"""The one seam every surface calls: served models, their states, metadata and inference.
+"""The data plane: the one seam every surface calls.
 
 HTTP, gRPC, the queue worker and pipeline stages all decode their wire format into a
-:class:`~podserve.protocol.v2.InferRequest`, call :meth:`DataPlane.infer`, and encode the
+:class:`~podserve.v2.InferRequest`, call :meth:`DataPlane.infer`, and encode the
 answer; no surface holds inference logic. Model states move
 ``loading → ready → draining → stopped`` (or ``failed`` / ``unloaded``); the server is ready
 only when every model it was asked to serve is ready and it is not draining.
@@ -10,57 +10,23 @@ only when every model it was asked to serve is ready and it is not draining.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from podserve import __version__, metrics
-from podserve.batching.batcher import Batcher
-from podserve.errors import (
-    DrainingError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    PodserveError,
-)
-from podserve.protocol.v2 import InferRequest, InferResponse, InferTensor, to_datatype
-from podserve.runtime.memory import apply_plan, plan_memory
-from podserve.runtime.model import Model
+from podserve import metrics
+from podserve.dataplane import metadata
+from podserve.dataplane.models import ModelFactory, ServedModel, load_blocking, start_batcher
+from podserve.dataplane.validation import check_inputs, check_outputs
+from podserve.errors import DrainingError, ModelNotFoundError, ModelNotReadyError, PodserveError
 from podserve.settings import Settings
-from podserve.storage.manifest import Manifest, TensorSpec
-from podserve.storage.repository import ModelRepository, ModelVersion
+from podserve.storage.repository import ModelRepository
+from podserve.v2 import InferRequest, InferResponse, InferTensor, to_datatype
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "parameters"]
-
-ModelFactory = Callable[[ModelVersion, Settings], Model]
 StateListener = Callable[[str, str], None]
-
-
-@dataclass
-class ServedModel:
-    """A model this process was asked to serve, whatever its state."""
-
-    name: str
-    version: str | None
-    state: str = "loading"
-    reason: str = ""
-    manifest: Manifest | None = None
-    model: Model | None = None
-    batcher: Batcher | None = None
-    loaded_at: float = 0.0
-    extra_metadata: dict[str, Any] = field(default_factory=dict)
-    unavailable: PodserveError | None = None  # why a loaded model is "unavailable"
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready"
 
 
 class DataPlane:
@@ -144,7 +110,9 @@ class DataPlane:
             served = self.models[name] = ServedModel(name, version)
         self._set_model_state(served, "loading")
         try:
-            mv, model = await asyncio.to_thread(self._load_blocking, name, version)
+            mv, model = await asyncio.to_thread(
+                load_blocking, self.repository, self.settings, self._factory, name, version
+            )
         except PodserveError as exc:
             self._set_model_state(served, "failed", str(exc))
             return served
@@ -152,71 +120,11 @@ class DataPlane:
             log.exception("loading model %s failed", name)
             self._set_model_state(served, "failed", f"{type(exc).__name__}: {exc}")
             return served
-        served.version, served.manifest, served.model = mv.version, mv.manifest, model
-        batching = mv.manifest.batching
-        s = self.settings
-        delay_ms = (
-            s.max_queue_delay_ms
-            if s.max_queue_delay_ms is not None
-            else (batching.max_queue_delay_ms)
-        )
-        max_batch = mv.manifest.max_batch_size
-        if s.max_batch_size is not None and max_batch > 0:
-            max_batch = min(max_batch, s.max_batch_size)
-        served.batcher = Batcher(
-            name,
-            model.infer,
-            max_batch_size=max_batch,
-            max_queue_delay_s=delay_ms / 1000.0,
-            preferred_batch_sizes=batching.preferred_batch_sizes,
-            max_queue_size=batching.max_queue_size or s.max_queue_size,
-            inline_below_s=s.inline_infer_us / 1e6,
-        )
-        apply_plan(name, model, served.batcher, served.extra_metadata)  # memory: cap, budget
-        served.batcher.start()
-        served.loaded_at = time.time()
-        metrics.MODEL_LOAD_SECONDS.labels(model=name, version=mv.version).set(model.report.seconds)
-        metrics.MODEL_LOAD_BYTES.labels(model=name, version=mv.version).set(model.report.bytes_read)
+        start_batcher(served, mv, model, self.settings)
         self._set_model_state(served, "ready")
         if self.state in ("loading", "failed") and self.all_ready() and self.accepting:
             self._set_server_state("ready")
         return served
-
-    def _load_blocking(self, name: str, version: str | None) -> tuple[ModelVersion, Model]:
-        """Off the event loop: cheap checks, read + verify, build, one warm-up inference."""
-        started = time.monotonic()
-        mv = self.repository.open(name, version)
-        if self._factory is not None:
-            model = self._factory(mv, self.settings)
-        else:
-            from podserve.runtime.registry import create_model
-
-            model = create_model(mv, self.settings)
-        model.load()
-        if not model.report.seconds:
-            model.report.seconds = time.monotonic() - started
-        warm = model.warmup_inputs()
-        try:
-            outputs = model.infer(warm)
-        except Exception as exc:
-            model.unload()
-            raise ModelNotReadyError(f"model '{name}' failed its warm-up inference: {exc}") from exc
-        missing = [o.name for o in mv.manifest.outputs if o.name not in outputs]
-        if missing:
-            model.unload()
-            raise ModelNotReadyError(
-                f"model '{name}' warm-up returned no output {', '.join(missing)}"
-            )
-        model.report.details["memory_plan"] = plan_memory(model)  # GPU: probe → batch cap
-        log.info(
-            "model %s version %s loaded in %.2fs (%d bytes, verified: %s)",
-            name,
-            mv.version,
-            time.monotonic() - started,
-            model.report.bytes_read,
-            model.report.verified,
-        )
-        return mv, model
 
     async def unload(self, name: str) -> None:
         served = self._get(name)
@@ -304,83 +212,17 @@ class DataPlane:
         return served.ready and self.state != "draining"
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "podserve", "version": __version__, "extensions": EXTENSIONS}
+        return metadata.server_metadata()
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        served = self._get(name, version)
-        if served.manifest is None:
-            raise ModelNotReadyError(self._not_ready(served))
-        m = served.manifest
-        batch = [-1] if m.max_batch_size > 0 else []
-
-        def spec(t: TensorSpec) -> dict[str, Any]:
-            return {"name": t.name, "datatype": t.datatype, "shape": batch + list(t.shape)}
-
-        meta: dict[str, Any] = {
-            "name": served.name,
-            "versions": [served.version],
-            "platform": f"podserve_{m.runtime}",
-            "inputs": [spec(t) for t in m.inputs],
-            "outputs": [spec(t) for t in m.outputs],
-            "parameters": {
-                "max_batch_size": m.max_batch_size,
-                "batch_cap": served.batcher.batch_cap if served.batcher else 0,
-                "state": served.state,
-            },
-        }
-        if served.model is not None:
-            meta["parameters"]["verified"] = served.model.report.verified
-            meta["parameters"]["device"] = served.model.report.device
-        meta["parameters"].update(served.extra_metadata)
-        return meta
+        return metadata.model_metadata(self._get(name, version))
 
     def model_stats(self, name: str | None = None) -> list[dict[str, Any]]:
         """Triton-style statistics (``/v2/models/{m}/stats``)."""
-        out = []
-        for served in [self._get(name)] if name else list(self.models.values()):
-            st = served.batcher.stats if served.batcher else None
-            out.append(
-                {
-                    "name": served.name,
-                    "version": served.version or "",
-                    "state": served.state,
-                    "inference_count": st.inference_count if st else 0,
-                    "execution_count": st.execution_count if st else 0,
-                    "inference_stats": {
-                        "success": {"count": st.success if st else 0},
-                        "fail": {"count": st.fail if st else 0},
-                        "queue": {"count": st.success if st else 0, "ns": st.queue_ns if st else 0},
-                        "compute_infer": {
-                            "count": st.execution_count if st else 0,
-                            "ns": st.compute_ns if st else 0,
-                        },
-                    },
-                    "batch_stats": [
-                        {"batch_size": size, "compute_infer": {"count": count}}
-                        for size, count in sorted((st.batch_sizes if st else {}).items())
-                    ],
-                }
-            )
-        return out
+        return metadata.model_stats([self._get(name)] if name else list(self.models.values()))
 
     def repository_index(self) -> list[dict[str, Any]]:
-        names = set(self.models)
-        with contextlib.suppress(PodserveError):
-            names.update(self.repository.models())
-        index = []
-        for name in sorted(names):
-            served = self.models.get(name)
-            entry: dict[str, Any] = {"name": name}
-            if served is not None:
-                entry.update(
-                    {
-                        "version": served.version or "",
-                        "state": served.state.upper(),
-                        "reason": served.reason,
-                    }
-                )
-            index.append(entry)
-        return index
+        return metadata.repository_index(self.models, self.repository)
 
     # --- inference ------------------------------------------------------------------------
 
@@ -397,9 +239,9 @@ class DataPlane:
                 if served.state == "unavailable" and served.unavailable is not None:
                     err = served.unavailable  # a fresh instance: no traceback piles up
                     raise type(err)(err.message)
-                raise ModelNotReadyError(self._not_ready(served))
-            inputs = self._check_inputs(served.manifest, request)
-            wanted = self._check_outputs(served.manifest, request)
+                raise ModelNotReadyError(served.not_ready_message())
+            inputs = check_inputs(served.manifest, request)
+            wanted = check_outputs(served.manifest, request)
             self._inflight += 1
             self._idle.clear()
             try:
@@ -439,61 +281,3 @@ class DataPlane:
                 f"model '{name}' version {version} is not served (serving {served.version})"
             )
         return served
-
-    def _not_ready(self, served: ServedModel) -> str:
-        reason = f": {served.reason}" if served.reason else ""
-        return f"model '{served.name}' is not ready ({served.state}{reason})"
-
-    @staticmethod
-    def _check_inputs(manifest: Manifest, request: InferRequest) -> dict[str, np.ndarray]:
-        given = {t.name: t for t in request.inputs}
-        if len(given) != len(request.inputs):
-            raise InvalidRequestError("an input name appears twice")
-        expected = {s.name for s in manifest.inputs}
-        unknown = sorted(set(given) - expected)
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown input '{unknown[0]}'; model '{request.model_name}' takes "
-                f"{', '.join(sorted(expected))}"
-            )
-        batched = manifest.max_batch_size > 0
-        out: dict[str, np.ndarray] = {}
-        rows: int | None = None
-        for spec in manifest.inputs:
-            tensor = given.get(spec.name)
-            if tensor is None:
-                raise InvalidRequestError(f"missing input '{spec.name}'")
-            if tensor.datatype != spec.datatype:
-                raise InvalidRequestError(
-                    f"input '{spec.name}': datatype {tensor.datatype}, expected {spec.datatype}"
-                )
-            shape = tensor.shape
-            dims = shape[1:] if batched else shape
-            if batched and not shape:
-                raise InvalidRequestError(f"input '{spec.name}': needs a batch dimension")
-            if len(dims) != len(spec.shape) or any(
-                e != -1 and d != e for d, e in zip(dims, spec.shape, strict=True)
-            ):
-                want = ([-1] if batched else []) + list(spec.shape)
-                raise InvalidRequestError(
-                    f"input '{spec.name}': shape {list(shape)} does not match {want}"
-                )
-            if batched:
-                if shape[0] == 0:
-                    raise InvalidRequestError(f"input '{spec.name}': empty batch")
-                if rows is None:
-                    rows = shape[0]
-                elif shape[0] != rows:
-                    raise InvalidRequestError("inputs disagree on the batch size")
-            out[spec.name] = tensor.data
-        return out
-
-    @staticmethod
-    def _check_outputs(manifest: Manifest, request: InferRequest) -> list[str]:
-        if not request.outputs:
-            return [o.name for o in manifest.outputs]
-        names = [o.name for o in request.outputs]
-        for n in names:
-            if manifest.output(n) is None:
-                raise InvalidRequestError(f"unknown output '{n}' requested")
-        return names

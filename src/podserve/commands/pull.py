@@ -1,0 +1,86 @@
+"""``podserve pull SOURCE ROOT/NAME/VERSION``: the init-container step (``push`` is its reverse).
+
+Exit codes an init container's restart policy can act on (from the error tree): 0 done or
+already present, 2 bad arguments or names, 3 the volume, 4 checksum/manifest problems,
+5 transient network trouble (retries exhausted; restarting may help), 6 permanent (404,
+access denied, wrong region: restarting will not help).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from podserve.commands import Subparsers
+from podserve.commands._transfer import (
+    add_source_flags,
+    env_int,
+    make_reporter,
+    source_options,
+)
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_PART_MB = 32
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "pull",
+        help="copy a model version from s3://, gs://, https:// or a path onto the volume",
+        description="Download SOURCE (a version directory or a .tar/.tar.gz/.zip archive) into "
+        "ROOT/NAME/VERSION: parallel ranged parts, verified against SHA256SUMS while "
+        "streaming, resumable, published by one atomic rename.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("dest", metavar="ROOT/NAME/VERSION", type=Path)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=env_int("PODSERVE_PULL_CONCURRENCY", DEFAULT_CONCURRENCY),
+        help="parallel requests (env PODSERVE_PULL_CONCURRENCY; default %(default)s)",
+    )
+    p.add_argument(
+        "--part-size-mb",
+        type=int,
+        default=env_int("PODSERVE_PULL_PART_SIZE_MB", DEFAULT_PART_MB),
+        help="byte-range part size in MiB (env PODSERVE_PULL_PART_SIZE_MB; default %(default)s)",
+    )
+    p.add_argument(
+        "--sha256",
+        action="store_true",
+        help="verify with SHA-256 even when the manifest records BLAKE3 digests",
+    )
+    add_source_flags(p)
+    p.set_defaults(handler=_pull)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from podserve.errors import ConfigurationError
+    from podserve.storage.pull import pull
+    from podserve.storage.sources.base import redact
+
+    if args.concurrency < 1 or args.part_size_mb < 1:
+        raise ConfigurationError("--concurrency and --part-size-mb must be at least 1")
+    reporter = make_reporter(args.progress, "pull")
+    try:
+        result = pull(
+            args.source,
+            args.dest,
+            options=source_options(args),
+            concurrency=args.concurrency,
+            part_size=args.part_size_mb * 1024 * 1024,
+            reporter=reporter,
+            force_sha256=args.sha256,
+        )
+    finally:
+        reporter.finish()
+    if result.already_present:
+        print(f"{result.path}: already present and verified")
+    else:
+        rate = result.fetched_bytes / 1e6 / max(result.seconds, 1e-9)
+        print(
+            f"pulled {redact(args.source)} to {result.path}: {result.total_bytes / 1e6:.1f} MB "
+            f"({result.fetched_bytes / 1e6:.1f} MB fetched) in {result.seconds:.1f} s "
+            f"({rate:.0f} MB/s), verified"
+        )
+    return 0
