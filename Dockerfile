@@ -20,6 +20,9 @@ FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src/ src/
+# The manifests podserve render patches: src/podserve/kube/templates links to deploy/.
+COPY deploy/base/ deploy/base/
+COPY deploy/components/ deploy/components/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 # --- build: one virtualenv per accelerator kind ---------------------------------------------

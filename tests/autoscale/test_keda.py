@@ -125,3 +125,19 @@ def test_settings_check_refuses_what_keda_would(field: str, value: float) -> Non
 
     with pytest.raises(ConfigurationError):
         replace(SETTINGS, **{field: value}).check()
+
+
+def test_plan_and_render_share_one_scaled_object() -> None:
+    """`podserve plan` changes only the scaling settings of the object `render` and deploy/ use."""
+    from podserve.kube.render import scaled_object as rendered_scaled_object
+
+    planned = render_scaled_object(SETTINGS, name="w", deployment="d", queue="q")
+    rendered = rendered_scaled_object("w", deployment="d", queue="q")
+    for obj in (planned, rendered):
+        spec = obj["spec"]
+        for key in ("pollingInterval", "cooldownPeriod", "minReplicaCount", "maxReplicaCount"):
+            spec.pop(key)
+        spec["advanced"]["horizontalPodAutoscalerConfig"].pop("behavior")
+        for key in ("value", "activationValue"):
+            spec["triggers"][0]["metadata"].pop(key)
+    assert planned == rendered

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import yaml
 
 from podserve.errors import ConfigurationError
-from podserve.kube.schemas import KEDA_CRDS
+from podserve.kube.render import scaled_object, trigger_authentication
+from podserve.kube.schemas import KEDA_CRDS, KEDA_KINDS, keda_problems
 
 PolicyType = Literal["Pods", "Percent"]
 SelectPolicy = Literal["Max", "Min", "Disabled"]
@@ -109,43 +110,37 @@ def render_scaled_object(
 ) -> dict[str, Any]:
     """The ScaledObject for the worker Deployment, scaled on the RabbitMQ queue length.
 
-    The broker address comes from a TriggerAuthentication (``auth_name``, the default) or from
-    an environment variable of the worker's container (``host_from_env``).
+    The object ``podserve render`` and ``deploy/`` use (:func:`podserve.kube.render.
+    scaled_object`), with these settings. The broker address comes from a
+    TriggerAuthentication (``auth_name``, the default) or from an environment variable of the
+    worker's container (``host_from_env``).
     """
-    metadata: dict[str, str] = {
-        "protocol": "http",  # counts unacked messages too, see the module docstring
-        "queueName": queue,
-        "mode": "QueueLength",
-        "value": _number(settings.target),
-        "activationValue": _number(settings.activation_value),
-        "vhostName": vhost,
+    obj = scaled_object(
+        name,
+        deployment=deployment,
+        queue=queue,
+        auth_name=None if host_from_env else auth_name,
+    )
+    spec = obj["spec"]
+    spec.update(
+        pollingInterval=settings.polling_interval,
+        cooldownPeriod=settings.cooldown_period,
+        minReplicaCount=settings.min_replicas,
+        maxReplicaCount=settings.max_replicas,
+    )
+    spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] = {
+        "scaleUp": _rules(settings.scale_up),
+        "scaleDown": _rules(settings.scale_down),
     }
-    trigger: dict[str, Any] = {"type": "rabbitmq", "metadata": metadata}
+    metadata = spec["triggers"][0]["metadata"]
+    metadata.update(
+        value=_number(settings.target),
+        activationValue=_number(settings.activation_value),
+        vhostName=vhost,
+    )
     if host_from_env:
         metadata["hostFromEnv"] = host_from_env
-    else:
-        trigger["authenticationRef"] = {"name": auth_name}
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "podserve"}},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
-            "pollingInterval": settings.polling_interval,
-            "cooldownPeriod": settings.cooldown_period,
-            "minReplicaCount": settings.min_replicas,
-            "maxReplicaCount": settings.max_replicas,
-            "advanced": {
-                "horizontalPodAutoscalerConfig": {
-                    "behavior": {
-                        "scaleUp": _rules(settings.scale_up),
-                        "scaleDown": _rules(settings.scale_down),
-                    }
-                }
-            },
-            "triggers": [trigger],
-        },
-    }
+    return obj
 
 
 def render_trigger_authentication(
@@ -153,14 +148,8 @@ def render_trigger_authentication(
     secret: str = "podserve-rabbitmq",  # noqa: S107 - the Secret's name, not a password
     key: str = "management-url",
 ) -> dict[str, Any]:
-    """A TriggerAuthentication reading the broker's management URL (with credentials) from a
-    Secret, as ``deploy/overlays/keda-rabbitmq`` does."""
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "TriggerAuthentication",
-        "metadata": {"name": name},
-        "spec": {"secretTargetRef": [{"parameter": "host", "name": secret, "key": key}]},
-    }
+    """The TriggerAuthentication of ``deploy/components/keda-rabbitmq``, renamed."""
+    return trigger_authentication(name, secret=secret, key=key)
 
 
 def to_yaml(*objects: dict[str, Any]) -> str:
@@ -169,53 +158,18 @@ def to_yaml(*objects: dict[str, Any]) -> str:
 
 # --- validation against the CRDs ----------------------------------------------------------------
 
-CRD_FILES = {
-    "ScaledObject": "keda.sh_scaledobjects.yaml",
-    "TriggerAuthentication": "keda.sh_triggerauthentications.yaml",
-}
-
 
 def find_schema_dir() -> Path:
     """KEDA's CRDs, shipped in the package (``podserve/kube/crds/keda``)."""
     return KEDA_CRDS
 
 
-# The CRD leaves metadata a bare object; close it to the fields a ScaledObject author writes.
-_METADATA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "minLength": 1},
-        "namespace": {"type": "string"},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-    },
-    "required": ["name"],
-    "additionalProperties": False,
-}
-
-
 def validate(obj: dict[str, Any], schema_dir: Path | None = None) -> None:
-    """Raise :class:`ConfigurationError` naming the first field the CRD (closed) rejects."""
-    import jsonschema
-
-    from podserve.kube.schemas import keda_schema  # closes every object the CRD leaves open
-
+    """Raise :class:`ConfigurationError` naming the first field KEDA's CRD (closed) rejects."""
     kind = obj.get("kind")
-    if kind not in CRD_FILES:
+    if kind not in KEDA_KINDS:
         raise ConfigurationError(f"no KEDA CRD for kind {kind!r}")
-    try:
-        schema = keda_schema(schema_dir or find_schema_dir(), kind, str(obj.get("apiVersion")))
-    except KeyError as exc:
-        raise ConfigurationError(f"no KEDA CRD for {kind} {obj.get('apiVersion')}") from exc
-    schema["properties"]["metadata"] = _METADATA
-    errors = sorted(
-        jsonschema.Draft7Validator(schema).iter_errors(obj), key=lambda e: list(e.absolute_path)
-    )
-    if errors:
-        err = errors[0]
-        where = ".".join(str(p) for p in err.absolute_path) or "<root>"
-        raise ConfigurationError(f"{kind} invalid at {where}: {err.message}")
-    spec = obj.get("spec", {})
-    # The CRD's x-kubernetes-validations rule (CEL) that JSON schema cannot express.
-    if kind == "ScaledObject" and spec.get("minReplicaCount", 0) > spec.get("maxReplicaCount", 100):
-        raise ConfigurationError("minReplicaCount must be less than or equal to maxReplicaCount")
+    problems = keda_problems(obj, schema_dir or KEDA_CRDS)
+    if problems:
+        where, message = problems[0]
+        raise ConfigurationError(f"{kind} invalid at {where}: {message}")

@@ -1,8 +1,8 @@
 """``podserve render``: Kubernetes manifests from a short config, for users who skip YAML.
 
-The config names what differs between installs; everything else comes from the same files
-as ``deploy/`` (packaged copies under ``templates/``), so a rendered set and
-``kubectl kustomize deploy/...`` apply the same pod spec::
+The config names what differs between installs; everything else comes from the files of
+``deploy/`` themselves (packaged as ``podserve/kube/templates``, a link to ``deploy/`` in the
+repository), so a rendered set and ``kubectl kustomize deploy/...`` apply the same pod spec::
 
     model: minilm
     version: "1"
@@ -211,7 +211,7 @@ def _pod_owner(template: Obj, name: str, config: RenderConfig, config_map: Obj) 
             _use_gpu(pod, container, config.gpu)
     volumes = {v["name"]: v for v in pod["volumes"]}
     if config.storage.source is not None:
-        patch = _template("pull-init/pull-init.yaml")
+        patch = _template("components/pull-init/pull-init.yaml")
         init = patch["spec"]["template"]["spec"]["initContainers"][0]
         init["image"] = config.image
         init["args"] = [config.storage.source, f"{MODEL_ROOT}/{config.model}/{config.version}"]
@@ -250,17 +250,51 @@ def _queue_objects(config: RenderConfig, name: str, config_map: Obj) -> list[Obj
     if config.queue is None:
         return []
     worker = _pod_owner(
-        _template("keda-rabbitmq/worker.yaml"), f"{name}-worker", config, config_map
+        _template("components/keda-rabbitmq/worker.yaml"), f"{name}-worker", config, config_map
     )
     container = worker["spec"]["template"]["spec"]["containers"][0]
     container["args"] = [MODEL_ROOT, "--queue", config.queue]
-    auth = _template("keda-rabbitmq/triggerauthentication.yaml")
-    _rename(auth, f"{name}-rabbitmq", config.model)
-    auth["spec"]["secretTargetRef"][0]["name"] = config.rabbitmq_secret
-    scaled = _template("keda-rabbitmq/scaledobject.yaml")
-    _rename(scaled, f"{name}-worker", config.model)
-    scaled["spec"]["scaleTargetRef"]["name"] = worker["metadata"]["name"]
-    trigger = scaled["spec"]["triggers"][0]
-    trigger["metadata"]["queueName"] = config.queue
-    trigger["authenticationRef"]["name"] = auth["metadata"]["name"]
+    auth = trigger_authentication(f"{name}-rabbitmq", secret=config.rabbitmq_secret)
+    _rename(auth, auth["metadata"]["name"], config.model)
+    scaled = scaled_object(
+        f"{name}-worker",
+        deployment=worker["metadata"]["name"],
+        queue=config.queue,
+        auth_name=auth["metadata"]["name"],
+    )
+    _rename(scaled, scaled["metadata"]["name"], config.model)
     return [worker, auth, scaled]
+
+
+def scaled_object(
+    name: str, *, deployment: str, queue: str, auth_name: str | None = "podserve-rabbitmq"
+) -> Obj:
+    """The queue worker's KEDA ScaledObject: ``deploy/components/keda-rabbitmq/scaledobject.yaml``
+    bound to a Deployment and a queue (``auth_name=None``: no TriggerAuthentication)."""
+    obj = _template("components/keda-rabbitmq/scaledobject.yaml")
+    obj["metadata"]["name"] = name
+    obj["spec"]["scaleTargetRef"]["name"] = deployment
+    trigger = obj["spec"]["triggers"][0]
+    trigger["metadata"]["queueName"] = queue
+    if auth_name is None:
+        del trigger["authenticationRef"]
+    else:
+        trigger["authenticationRef"]["name"] = auth_name
+    return obj
+
+
+def trigger_authentication(
+    name: str = "podserve-rabbitmq",
+    *,
+    secret: str = "podserve-rabbitmq",  # noqa: S107 - the Secret's name, not a password
+    key: str | None = None,
+) -> Obj:
+    """KEDA's TriggerAuthentication reading the broker's management URL from a Secret:
+    ``deploy/components/keda-rabbitmq/triggerauthentication.yaml``, renamed."""
+    obj = _template("components/keda-rabbitmq/triggerauthentication.yaml")
+    obj["metadata"]["name"] = name
+    ref = obj["spec"]["secretTargetRef"][0]
+    ref["name"] = secret
+    if key is not None:
+        ref["key"] = key
+    return obj

@@ -6,7 +6,9 @@ field passes). KEDA's kinds are checked against the ``openAPIV3Schema`` of KEDA'
 tightened so that unknown fields are rejected as the API server's strict field validation
 would. A kind with no schema is an error, never a silent pass.
 
-Both validators are development tools (the ``dev`` extra), imported only when used.
+``validate`` is the one entry point (``podserve render --validate``, ``podserve plan`` and the
+deployment tests all go through it or :func:`keda_problems`). ``kubernetes-validate`` and
+``jsonschema`` are development tools (the ``dev`` extra), imported only when used.
 """
 
 from __future__ import annotations
@@ -31,33 +33,79 @@ KEDA_CRDS = CRDS / "keda"
 
 def validate(objects: Iterable[Mapping[str, Any]], keda_schema_dir: Path = KEDA_CRDS) -> list[str]:
     """Every schema violation in a manifest set, one sentence each."""
-    try:
-        import jsonschema
-        import kubernetes_validate
-    except ImportError as exc:  # pragma: no cover - both are in the dev extra
-        raise ConfigurationError(
-            f"schema validation needs {exc.name}: pip install kubernetes-validate jsonschema"
-        ) from exc
     problems: list[str] = []
     for obj in objects:
         where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
         if obj.get("kind") in KEDA_KINDS:
-            schema = keda_schema(keda_schema_dir, str(obj["kind"]), str(obj["apiVersion"]))
-            validator = jsonschema.Draft7Validator(schema)
             problems += [
-                f"{where}: {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-                for e in validator.iter_errors(obj)
+                f"{where}: {path}: {msg}" for path, msg in keda_problems(obj, keda_schema_dir)
             ]
-            continue
-        for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
-            try:
-                kubernetes_validate.validate(dict(obj), version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                path = ".".join(map(str, exc.path))
-                problems.append(f"{where}: Kubernetes {version}: {path}: {exc.message}")
-            except kubernetes_validate.SchemaNotFoundError as exc:
-                problems.append(f"{where}: no schema to validate against ({exc.message})")
-                break
+        else:
+            problems += _kubernetes_problems(obj, where)
+    return problems
+
+
+def _kubernetes_problems(obj: Mapping[str, Any], where: str) -> list[str]:
+    try:
+        import kubernetes_validate
+    except ImportError as exc:  # pragma: no cover - in the dev extra
+        raise ConfigurationError(
+            "schema validation needs kubernetes-validate: pip install kubernetes-validate"
+        ) from exc
+    problems = []
+    for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
+        try:
+            kubernetes_validate.validate(dict(obj), version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(map(str, exc.path))
+            problems.append(f"{where}: Kubernetes {version}: {path}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError as exc:
+            problems.append(f"{where}: no schema to validate against ({exc.message})")
+            break
+    return problems
+
+
+# A KEDA object's metadata, closed to what its author writes (the CRD leaves it a bare object).
+_KEDA_METADATA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
+def keda_problems(obj: Mapping[str, Any], schema_dir: Path = KEDA_CRDS) -> list[tuple[str, str]]:
+    """(field path, message) for everything KEDA's CRD (closed) and its CEL rule reject."""
+    try:
+        import jsonschema
+    except ImportError as exc:  # pragma: no cover - in the dev extra
+        raise ConfigurationError(
+            "KEDA validation needs jsonschema: pip install jsonschema"
+        ) from exc
+    kind, api_version = str(obj.get("kind")), str(obj.get("apiVersion"))
+    try:
+        schema = keda_schema(schema_dir, kind, api_version)
+    except KeyError:
+        return [("<root>", f"no KEDA CRD for {kind} {api_version}")]
+    schema["properties"]["metadata"] = _KEDA_METADATA
+    errors = sorted(
+        jsonschema.Draft7Validator(schema).iter_errors(obj),
+        key=lambda e: list(map(str, e.absolute_path)),
+    )
+    problems = [(".".join(map(str, e.absolute_path)) or "<root>", e.message) for e in errors]
+    spec = obj.get("spec", {})
+    # The CRD's x-kubernetes-validations rule (CEL), which JSON schema cannot express.
+    if (
+        not problems
+        and kind == "ScaledObject"
+        and spec.get("minReplicaCount", 0) > spec.get("maxReplicaCount", 100)
+    ):
+        problems.append(("spec", "minReplicaCount must be less than or equal to maxReplicaCount"))
     return problems
 
 
