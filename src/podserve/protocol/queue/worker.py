@@ -316,7 +316,14 @@ class QueueWorker:
                 session, "publishing a reply", self._publish_reply(session, message, reply)
             )
         except BrokerError as exc:
-            # Confirmed or not, the reply is lost to us: hand the message back as a failed try.
+            # The broker refused the reply (nack, e.g. a full reply queue): settle the request
+            # now, as a failed try, rather than leave it holding a prefetch slot.
+            failure = BrokerError(f"the reply could not be published: {exc}")
+            if decide(failure, convert.delivery_count(message), self.topology.delivery_limit) is (
+                Action.DEAD_LETTER
+            ):
+                await self._dead_letter(session, message, failure)
+                return
             log.warning(
                 "reply to %s not published (%s); requeueing it", message.correlation_id, exc
             )
