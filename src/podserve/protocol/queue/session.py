@@ -23,18 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
-from podserve.errors import BrokerError, ConfigurationError
+from podserve.errors import BrokerError, ConfigurationError, PodserveError
 from podserve.protocol.queue.connection import CONNECT_TIMEOUT_S, named_url
 from podserve.protocol.queue.errors import broker_errors
 from podserve.protocol.queue.topology import Topology, declare
 
 log = logging.getLogger(__name__)
+
+RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 5.0)  # then every 5 s until the broker is back
 
 
 class Session:
@@ -81,6 +84,28 @@ class Session:
             raise
         return session
 
+    @classmethod
+    async def reopen(
+        cls,
+        url: str,
+        name: str,
+        topology: Topology,
+        results_exchange: str | None,
+        number: int,
+        stop: asyncio.Event,
+    ) -> Session | None:
+        """:meth:`open`, retried with backoff until it works, or None once ``stop`` is set."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                return await cls.open(url, name, topology, results_exchange, number)
+            except PodserveError as exc:
+                delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
+                attempt += 1
+                log.warning("reconnecting to RabbitMQ: %s; next try in %.1fs", exc, delay)
+                await first_of(asyncio.sleep(delay), stop.wait())
+        return None
+
     async def _open_channels(self, topology: Topology, results_exchange: str | None) -> None:
         with broker_errors(f"opening channels for queue '{topology.queue}'"):
             declaring = await self.connection.channel()
@@ -116,6 +141,17 @@ class Session:
         self.ended.set()
         with contextlib.suppress(Exception):
             await self.connection.close()
+
+
+async def first_of(*aws: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of these finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _observe(future: asyncio.Future[Any]) -> None:

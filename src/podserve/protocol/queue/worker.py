@@ -40,13 +40,11 @@ from podserve.errors import BrokerError, InferenceError, PodserveError
 from podserve.protocol.queue import convert
 from podserve.protocol.queue.connection import redact
 from podserve.protocol.queue.errors import Action, broker_errors, decide
-from podserve.protocol.queue.session import Session
+from podserve.protocol.queue.session import Session, first_of
 from podserve.protocol.queue.topology import Topology
 from podserve.settings import Settings
 
 log = logging.getLogger(__name__)
-
-RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 5.0)  # then every 5 s until the broker is back
 
 
 class _Forgotten(Exception):
@@ -110,7 +108,7 @@ class QueueWorker:
         while not self._closed.is_set():
             session = self._session
             if session is not None:
-                await _first(session.ended.wait(), self._closed.wait())
+                await first_of(session.ended.wait(), self._closed.wait())
                 if self._closed.is_set():
                     return
                 self._session = None
@@ -122,27 +120,15 @@ class QueueWorker:
                     self.topology.queue,
                 )
             number += 1
-            self._session = await self._reopen(number)
+            s = self.settings
+            self._session = await Session.reopen(
+                s.amqp_url, self._name, self.topology, s.results_exchange, number, self._closed
+            )
             if self._session is None:
                 return
             self.reconnects += 1
             log.warning("reconnected to RabbitMQ; resuming queue '%s'", self.topology.queue)
             await self._reconcile_logged()
-
-    async def _reopen(self, number: int) -> Session | None:
-        s = self.settings
-        attempt = 0
-        while not self._closed.is_set():
-            try:
-                return await Session.open(
-                    s.amqp_url, self._name, self.topology, s.results_exchange, number
-                )
-            except PodserveError as exc:
-                delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
-                attempt += 1
-                log.warning("reconnecting to RabbitMQ: %s; next try in %.1fs", exc, delay)
-                await _first(asyncio.sleep(delay), self._closed.wait())
-        return None
 
     async def stop_consuming(self) -> None:
         """basic.cancel: no new deliveries; those already delivered still get replies."""
@@ -389,14 +375,3 @@ class QueueWorker:
             # reject(requeue=False) routes through the queue's own DLX (x-death, no reason).
             await self._settle(session, "rejecting a message", message.reject(requeue=False))
         metrics.QUEUE_DEAD_LETTERED.labels(queue=self.topology.queue, error=label).inc()
-
-
-async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of these finishes; cancel the rest."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
