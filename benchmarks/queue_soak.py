@@ -48,7 +48,7 @@ import numpy as np
 from podserve.protocol.queue import topology
 from podserve.protocol.queue.client import QueueClient, encode_request
 from podserve.protocol.queue.topology import Topology
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 AMQP_URL = os.environ.get("PODSERVE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MODEL = "echo"

@@ -27,7 +27,7 @@ from podserve.pipeline.client import StageClients
 from podserve.protocol.grpc._generated import grpc_service_pb2 as pb
 from podserve.protocol.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from podserve.protocol.grpc.convert import request_from_pb, response_to_pb
-from podserve.protocol.v2 import InferResponse
+from podserve.v2.types import InferResponse
 
 FAILURES = {
     "exhausted": (grpc.StatusCode.RESOURCE_EXHAUSTED, "batch of 64 does not fit in memory"),
