@@ -2,7 +2,8 @@
 
 Every error raised inside podserve derives from :class:`PodserveError` and carries what each
 surface needs to answer it: an HTTP status, a gRPC status code name, and whether retrying the
-same request could help (the queue worker's ack/dead-letter decision). The HTTP handler, the
+same request could help and whether any work was attempted (the queue worker's
+retry/release/dead-letter decision). The HTTP handler, the
 gRPC interceptor and the queue worker read these attributes; nothing else maps errors.
 
 ::
@@ -46,6 +47,7 @@ class PodserveError(Exception):
     http_status: ClassVar[int] = 500
     grpc_code: ClassVar[str] = "INTERNAL"  # a grpc.StatusCode member name
     retryable: ClassVar[bool] = False  # could the same request succeed later?
+    attempted: ClassVar[bool] = True  # False: refused before any work (the queue nacks it)
     exit_code: ClassVar[int] = 1  # for CLI commands such as verify and pull
 
     def __init__(self, message: str) -> None:
@@ -112,6 +114,7 @@ class ModelNotReadyError(PodserveError):
     http_status = 503
     grpc_code = "UNAVAILABLE"
     retryable = True
+    attempted = False
 
 
 class InvalidRequestError(PodserveError):
@@ -132,18 +135,21 @@ class OverloadedError(PodserveError):
     http_status = 503
     grpc_code = "UNAVAILABLE"
     retryable = True
+    attempted = False
 
 
 class DeadlineExceededError(PodserveError):
+    """The request's own deadline passed: running it again cannot meet it (never requeued)."""
+
     http_status = 504
     grpc_code = "DEADLINE_EXCEEDED"
-    retryable = True
 
 
 class DrainingError(PodserveError):
     http_status = 503
     grpc_code = "UNAVAILABLE"
     retryable = True
+    attempted = False
 
 
 class UnauthorizedError(PodserveError):

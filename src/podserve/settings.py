@@ -37,6 +37,15 @@ class Settings(BaseSettings):
         "large sequential reads into one buffer (better on network filesystems).",
     )
 
+    archive_max_bytes: int = Field(
+        512 * 1024**3,
+        description="podserve pull: the most bytes one archive may expand to (its members' "
+        "declared sizes added up); a larger one is refused before anything is written.",
+    )
+    archive_max_members: int = Field(
+        100_000, description="podserve pull: the most members one archive may hold."
+    )
+
     # --- serving surfaces ---------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Address the HTTP and gRPC servers bind.")
     http_port: int = Field(8080, description="HTTP (Open Inference Protocol REST) port; 0 = off.")

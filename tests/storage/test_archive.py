@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import io
+import os
 import stat
+import subprocess
+import sys
 import tarfile
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from podserve.errors import IntegrityError
-from podserve.storage.archive import extract_archive
+from podserve.storage.archive import ArchiveLimits, extract_archive
 from podserve.storage.pull import pull
 from tests.storage.transfer_servers import RangeServer
+
+MiB = 1024 * 1024
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes]) -> Path:
@@ -113,3 +119,91 @@ def test_top_directory_is_stripped(tmp_path: Path) -> None:
     )
     extract_archive(archive, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["podserve.yaml", "w.bin"]
+
+
+def _zeros_tar(path: Path, members: dict[str, int]) -> Path:
+    """A .tar.gz of files full of zeros: tiny on disk, ``sum(members)`` bytes extracted."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, size in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, _Zeros(size))
+    return path
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+
+def test_a_small_archive_expanding_past_the_byte_cap_is_refused_before_writing(
+    tmp_path: Path,
+) -> None:
+    bomb = _zeros_tar(tmp_path / "bomb.tar.gz", {"a.bin": 6 * MiB, "b.bin": 6 * MiB})
+    assert bomb.stat().st_size < 100_000
+    dest = tmp_path / "out"
+    with pytest.raises(IntegrityError, match="archive_max_bytes"):
+        extract_archive(bomb, dest, limits=ArchiveLimits(max_bytes=8 * MiB))
+    assert list(dest.iterdir()) == []
+
+
+def test_too_many_members_are_refused(tmp_path: Path) -> None:
+    many = _zeros_tar(tmp_path / "many.tar.gz", {f"f{i}": 0 for i in range(50)})
+    with pytest.raises(IntegrityError, match="more than 10 members"):
+        extract_archive(many, tmp_path / "out", limits=ArchiveLimits(max_members=10))
+    extract_archive(many, tmp_path / "ok", limits=ArchiveLimits(max_members=50))
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("w.bin", b"w"), ("w.bin/inner", b"i")],  # a file, then a file under it
+        [("w.bin", None), ("w.bin", b"w")],  # a directory, then a file of that name
+        [("w.bin/inner", b"i"), ("w.bin", b"w")],  # a file under it, then the file
+    ],
+)
+def test_a_file_and_a_directory_of_one_name_is_an_integrity_error(
+    tmp_path: Path, members: list[tuple[str, bytes | None]]
+) -> None:
+    archive = tmp_path / "m.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    dest = tmp_path / "out"
+    with pytest.raises(IntegrityError, match=r"'w\.bin' is both a file and a directory"):
+        extract_archive(archive, dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_the_cap_settings_reach_podserve_pull(tmp_path: Path) -> None:
+    bomb = _zeros_tar(tmp_path / "bomb.tar.gz", {"a.bin": 4 * MiB})
+    env = {**os.environ, "PODSERVE_ARCHIVE_MAX_BYTES": str(MiB)}
+    dest = tmp_path / "models" / "m" / "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "podserve", "pull", f"file://{bomb}", str(dest)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == IntegrityError.exit_code, done.stderr
+    assert "archive_max_bytes" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not dest.exists()
+    assert not (dest.parent / ".tmp-1" / "data").exists()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -19,6 +20,7 @@ from podserve.errors import (
     IntegrityError,
     InvalidNameError,
     PermanentTransferError,
+    RepositoryError,
     UnsafeWeightsError,
 )
 from podserve.storage.pull import pull
@@ -334,3 +336,36 @@ def test_redact_hides_credentials_in_uris() -> None:
     assert "=k" not in shown
     assert "v=1" in shown
     assert SourceOptions().credentials_dir is None
+
+
+@pytest.fixture
+def tiny_volume(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs with room for 12 inodes (root only): it fills up in the middle of a pull."""
+    mnt = tmp_path / "volume"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=10m,nr_inodes=12", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_full_volume_is_a_clear_error_and_nothing_is_published(
+    tmp_path: Path, tiny_volume: Path
+) -> None:
+    files = {f"w{i}.txt": os.urandom(1000) for i in range(8)}
+    src = make_model(tmp_path / "staged" / "m" / "1", files)
+    dest = tiny_volume / "models" / "m" / "1"
+    done = run_cli("pull", str(src), str(dest))
+    assert done.returncode == RepositoryError.exit_code == 3, done.stderr
+    assert "No space left on device" in done.stderr
+    assert "nothing was published" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not dest.exists()

@@ -56,11 +56,15 @@ def register(sub: Subparsers) -> None:
 
 def _pull(args: argparse.Namespace) -> int:
     from podserve.errors import ConfigurationError
+    from podserve.settings import Settings
+    from podserve.storage.archive import ArchiveLimits
     from podserve.storage.pull import pull
     from podserve.storage.sources.base import redact
 
     if args.concurrency < 1 or args.part_size_mb < 1:
         raise ConfigurationError("--concurrency and --part-size-mb must be at least 1")
+    settings = Settings()  # type: ignore[call-arg]
+    limits = ArchiveLimits(settings.archive_max_bytes, settings.archive_max_members)
     reporter = make_reporter(args.progress, "pull")
     try:
         result = pull(
@@ -71,6 +75,7 @@ def _pull(args: argparse.Namespace) -> int:
             part_size=args.part_size_mb * 1024 * 1024,
             reporter=reporter,
             force_sha256=args.sha256,
+            archive_limits=limits,
         )
     finally:
         reporter.finish()

@@ -10,7 +10,13 @@ A watcher polls every stage's ``ModelReady``: every second while all are up, wit
 (0.25 s doubling to 2 s) while one is down, and reports the first stage down (or ``None``)
 to a callback on every round, which the entry turns into its data-plane state. A call that
 fails with ``UNAVAILABLE`` marks its stage down at once, and requests fail fast with
-:class:`~podserve.errors.StageUnavailableError` naming the stage until it is back.
+:class:`~podserve.errors.StageUnavailableError` naming the stage until it is back. A call
+that runs past the pipeline timeout fails alone (``DEADLINE_EXCEEDED``) and only wakes the
+watcher: one slow request does not take the stage away from everyone.
+
+Any other stage error keeps its meaning at the entry (:data:`_STAGE_ERRORS`): a stage's
+``RESOURCE_EXHAUSTED`` is the entry's :class:`~podserve.errors.ResourceExhaustedError` (400,
+and the entry's batcher splits the batch), ``INVALID_ARGUMENT`` stays a 400.
 """
 
 from __future__ import annotations
@@ -27,7 +33,15 @@ import grpc
 import grpc.aio
 import numpy as np
 
-from podserve.errors import InferenceError, PodserveError, StageUnavailableError
+from podserve.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PodserveError,
+    ResourceExhaustedError,
+    StageUnavailableError,
+)
 from podserve.protocol.grpc._generated import grpc_service_pb2 as pb
 from podserve.protocol.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from podserve.protocol.grpc.convert import request_to_pb, response_from_pb
@@ -37,7 +51,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Availability = Callable[[StageUnavailableError | None], None]
-_DOWN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A stage's status code → the entry's error: the stage's answer keeps its meaning.
+_STAGE_ERRORS: dict[grpc.StatusCode, type[PodserveError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+}
 
 
 class StageClients:
@@ -191,15 +211,20 @@ class StageClients:
         try:
             reply = await self._stubs[i].ModelInfer(message, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
-            detail = exc.details() or exc.code().name
-            if exc.code() in _DOWN_CODES and not detail.startswith("pipeline stage"):
-                self._mark_down(i, f"{exc.code().name}: {detail}")
-                raise StageUnavailableError(
-                    f"{self.describe(i)} is unavailable: {detail}"
-                ) from None
-            raise InferenceError(f"{self.describe(i)} failed: {detail}") from None
+            raise self._stage_error(i, exc) from None
         outputs = response_from_pb(reply).outputs
         return outputs[0].data
+
+    def _stage_error(self, i: int, exc: grpc.aio.AioRpcError) -> PodserveError:
+        code, detail = exc.code(), exc.details() or exc.code().name
+        if code is grpc.StatusCode.UNAVAILABLE:
+            if not detail.startswith("pipeline stage"):  # not a stage further down, relayed
+                self._mark_down(i, f"{code.name}: {detail}")
+            return StageUnavailableError(f"{self.describe(i)} is unavailable: {detail}")
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and self._wake is not None:
+            self._wake.set()  # probe now; only the probe decides that the stage is down
+        error = _STAGE_ERRORS.get(code, InferenceError)
+        return error(f"{self.describe(i)} failed: {code.name}: {detail}")
 
     async def _chain(self, batch: dict[str, np.ndarray], slots: asyncio.Semaphore) -> np.ndarray:
         async with slots:

@@ -3,9 +3,13 @@
 An archive is data from elsewhere and may be hostile, so every member is checked before a
 byte is written: no absolute paths or drive letters, no ``..``, no backslashes, no links
 (a model version holds regular files only; a link that would leave the destination is named
-as such), no devices or FIFOs, no duplicate members, and a zip member may not inflate beyond
-its declared size. Files are created with ``O_EXCL`` and mode 0644, ignoring the archive's
-owners and permissions. One top-level directory holding ``podserve.yaml`` is stripped.
+as such), no devices or FIFOs, no duplicate members, no path that is both a file and a
+directory, and a zip member may not inflate beyond its declared size. The declared sizes must
+add up to at most :attr:`ArchiveLimits.max_bytes` and fit the destination's free space, and
+there may be at most :attr:`ArchiveLimits.max_members` members, so a small compressed
+archive cannot fill the volume (``PODSERVE_ARCHIVE_MAX_BYTES`` / ``_MAX_MEMBERS``). Files are
+created with ``O_EXCL`` and mode 0644, ignoring the archive's owners and permissions. One
+top-level directory holding ``podserve.yaml`` is stripped.
 """
 
 from __future__ import annotations
@@ -16,28 +20,80 @@ import shutil
 import stat
 import tarfile
 import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from podserve.errors import IntegrityError
+from podserve.errors import IntegrityError, RepositoryError
 from podserve.storage.manifest import MANIFEST_NAME
 
 COPY_CHUNK = 4 * 1024 * 1024
 
 
-def extract_archive(archive: Path, dest: Path, label: str | None = None) -> None:
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """How much one archive may expand to (the settings ``archive_max_*``)."""
+
+    max_bytes: int = 512 * 1024**3
+    max_members: int = 100_000
+
+
+def extract_archive(
+    archive: Path, dest: Path, label: str | None = None, limits: ArchiveLimits | None = None
+) -> None:
     """Extract ``archive`` into the new or empty ``dest``; raise on any unsafe member."""
     label = label or archive.name
+    limits = limits or ArchiveLimits()
     dest.mkdir(parents=True, exist_ok=True)
     lower = archive.name.lower()
     try:
         if lower.endswith(".zip"):
-            _extract_zip(archive, dest, label)
+            _extract_zip(archive, dest, label, limits)
         else:
-            _extract_tar(archive, dest, label)
+            _extract_tar(archive, dest, label, limits)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         raise IntegrityError(f"{label}: not a readable archive ({exc})") from None
     _strip_top_directory(dest)
+
+
+def _check_totals(
+    entries: Iterable[tuple[str, bool, int]], dest: Path, label: str, limits: ArchiveLimits
+) -> None:
+    """Member count, total size, free space, and no path both a file and a directory.
+
+    ``entries`` are (safe relative path, is a directory, declared size).
+    """
+    files: set[str] = set()
+    dirs: set[str] = set()
+    total = 0
+    for count, (rel, is_dir, size) in enumerate(entries, 1):
+        if count > limits.max_members:
+            raise IntegrityError(
+                f"{label}: more than {limits.max_members} members (archive_max_members); "
+                "refusing the archive"
+            )
+        total += size
+        parts = rel.split("/") if rel else []
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if is_dir:
+            dirs.add(rel)
+        else:
+            files.add(rel)
+    both = sorted(files & dirs)
+    if both:
+        raise _unsafe(label, both[0], "is both a file and a directory")
+    if total > limits.max_bytes:
+        raise IntegrityError(
+            f"{label}: expands to {total} bytes, more than archive_max_bytes "
+            f"({limits.max_bytes}); refusing the archive"
+        )
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise RepositoryError(
+            f"{label}: expands to {total / 1e6:.1f} MB but {dest} has only "
+            f"{free / 1e6:.1f} MB free; nothing was published"
+        )
 
 
 def member_path(name: str, label: str) -> str:
@@ -71,9 +127,15 @@ def _unsafe(label: str, name: str, why: str) -> IntegrityError:
     return IntegrityError(f"{label}: member {name!r} {why}; refusing the archive")
 
 
-def _extract_tar(archive: Path, dest: Path, label: str) -> None:
+def _extract_tar(archive: Path, dest: Path, label: str, limits: ArchiveLimits) -> None:
     with tarfile.open(archive, mode="r:*") as tar:
-        members = tar.getmembers()
+        members = []
+        for m in tar:  # counted while reading: a million empty members is refused early
+            members.append(m)
+            if len(members) > limits.max_members:
+                break
+        entries = ((member_path(m.name, label), m.isdir(), m.size) for m in members)
+        _check_totals(entries, dest, label, limits)
         for m in members:  # check everything before writing anything
             rel = member_path(m.name, label)
             if m.issym() or m.islnk():
@@ -94,9 +156,11 @@ def _extract_tar(archive: Path, dest: Path, label: str) -> None:
                 _write(src, _safe_join(dest, rel, label), m.size, label, m.name)
 
 
-def _extract_zip(archive: Path, dest: Path, label: str) -> None:
+def _extract_zip(archive: Path, dest: Path, label: str, limits: ArchiveLimits) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
+        entries = ((member_path(i.filename, label), i.is_dir(), i.file_size) for i in infos)
+        _check_totals(entries, dest, label, limits)
         for info in infos:
             member_path(info.filename, label)
             mode = info.external_attr >> 16

@@ -18,16 +18,18 @@ verified against the ``SHA256SUMS`` inside them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from podserve.errors import IntegrityError, PermanentTransferError, RepositoryError
-from podserve.storage.archive import extract_archive
+from podserve.storage.archive import ArchiveLimits, extract_archive
 from podserve.storage.download import (
     JOURNAL,
     FileJob,
@@ -86,6 +88,7 @@ def pull(
     part_size: int = DEFAULT_PART_SIZE,
     reporter: Reporter | None = None,
     force_sha256: bool = False,
+    archive_limits: ArchiveLimits | None = None,
 ) -> PullResult:
     """Pull the model version at ``uri`` into ``dest`` (``ROOT/NAME/VERSION``)."""
     return asyncio.run(
@@ -97,6 +100,7 @@ def pull(
             part_size=part_size,
             reporter=reporter,
             force_sha256=force_sha256,
+            archive_limits=archive_limits,
         )
     )
 
@@ -110,6 +114,7 @@ async def pull_async(
     part_size: int = DEFAULT_PART_SIZE,
     reporter: Reporter | None = None,
     force_sha256: bool = False,
+    archive_limits: ArchiveLimits | None = None,
 ) -> PullResult:
     root, name, version = split_destination(dest)
     dest = root / name / version
@@ -132,14 +137,15 @@ async def pull_async(
             tmp.mkdir(exist_ok=True)
             data = tmp / "data"
             try:
-                if source.is_archive():
-                    fetched, total = await _pull_archive(
-                        source, tmp, data, concurrency, part_size, rep
-                    )
-                else:
-                    fetched, total = await _pull_files(
-                        source, tmp, data, concurrency, part_size, rep, force_sha256
-                    )
+                with _volume_errors(dest):
+                    if source.is_archive():
+                        fetched, total = await _pull_archive(
+                            source, tmp, data, concurrency, part_size, rep, archive_limits
+                        )
+                    else:
+                        fetched, total = await _pull_files(
+                            source, tmp, data, concurrency, part_size, rep, force_sha256
+                        )
             except BaseException:
                 if not (tmp / JOURNAL).exists():  # nothing worth resuming: leave no trace
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -231,7 +237,13 @@ async def _pull_files(
 
 
 async def _pull_archive(
-    source: Source, tmp: Path, data: Path, concurrency: int, part_size: int, rep: Reporter
+    source: Source,
+    tmp: Path,
+    data: Path,
+    concurrency: int,
+    part_size: int,
+    rep: Reporter,
+    limits: ArchiveLimits | None,
 ) -> tuple[int, int]:
     size = (await retrying(lambda: source.sizes([""]), rep))[""]
     lower = source.uri.split("?", 1)[0].lower()
@@ -242,7 +254,12 @@ async def _pull_archive(
     fetched, _ = await _run(source, tmp, [job], fp, concurrency, part_size, rep, None, [])
     rep.message(f"extracting {source.describe()}")
     shutil.rmtree(data, ignore_errors=True)
-    await asyncio.to_thread(extract_archive, archive, data, source.describe())
+    try:
+        await asyncio.to_thread(extract_archive, archive, data, source.describe(), limits)
+    except BaseException:
+        # A half-extracted tree is never resumed (extraction starts over): free its space.
+        shutil.rmtree(data, ignore_errors=True)
+        raise
     manifest_text = (
         (data / MANIFEST_NAME).read_text(encoding="utf-8")
         if (data / MANIFEST_NAME).exists()
@@ -296,6 +313,25 @@ async def _run(
         finally:
             journal.close()
     raise AssertionError("unreachable")
+
+
+# The volume itself failed: full, over quota, read-only or an I/O error.
+_VOLUME_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
+
+@contextlib.contextmanager
+def _volume_errors(dest: Path) -> Iterator[None]:
+    """Writing the version failed on the volume: a RepositoryError (exit 3), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _VOLUME_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise RepositoryError(
+            f"pulling {dest}: {exc.strerror}{where}; nothing was published (rerun to resume "
+            "once the volume is fixed)"
+        ) from None
 
 
 def _check_space(directory: Path, needed: int) -> None:

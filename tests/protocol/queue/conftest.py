@@ -37,10 +37,13 @@ MODEL = "doubler"
 WIDTH = 4
 
 # OUTPUT0 = 2 * INPUT0; sleeps delay_s per batch; a row starting with -1 kills the process
-# (a model that segfaults on some input), which only worker subprocesses are sent.
+# (a model that segfaults on some input), which only worker subprocesses are sent; a row
+# starting with -2 fails the batch with a retryable error (a downstream stage is down).
 DOUBLER_SOURCE = """
 import os
 import time
+
+from podserve.errors import StageUnavailableError
 
 
 class Doubler:
@@ -51,6 +54,8 @@ class Doubler:
         x = inputs["INPUT0"]
         if (x[:, 0] == -1).any():
             os._exit(17)
+        if (x[:, 0] == -2).any():
+            raise StageUnavailableError("the downstream stage is down")
         if self.delay_s:
             time.sleep(self.delay_s)
         return {"OUTPUT0": x * 2}

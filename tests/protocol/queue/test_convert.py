@@ -12,6 +12,7 @@ from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 from podserve.errors import (
+    BrokerError,
     DeadlineExceededError,
     DrainingError,
     InferenceError,
@@ -122,10 +123,11 @@ def test_error_reply_and_dead_letter_copy_carry_the_reason() -> None:
 @pytest.mark.parametrize(
     ("error", "count", "action"),
     [
-        (OverloadedError("full"), 0, Action.REQUEUE),
-        (ModelNotReadyError("loading"), 1, Action.REQUEUE),
-        (DrainingError("bye"), 0, Action.REQUEUE),
-        (DeadlineExceededError("late"), 0, Action.REQUEUE),
+        (OverloadedError("full"), 0, Action.RELEASE),  # refused before any work: nack
+        (ModelNotReadyError("loading"), 1, Action.RELEASE),
+        (DrainingError("bye"), 0, Action.RELEASE),
+        (BrokerError("channel lost"), 0, Action.RETRY),  # attempted and failed: reject
+        (DeadlineExceededError("late"), 0, Action.DEAD_LETTER),  # never re-run a passed deadline
         (OverloadedError("full"), 2, Action.DEAD_LETTER),  # the last delivery allowed
         (InvalidRequestError("bad"), 0, Action.DEAD_LETTER),
         (ModelNotFoundError("nope"), 0, Action.DEAD_LETTER),

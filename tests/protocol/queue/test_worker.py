@@ -157,9 +157,9 @@ def _close_connections(pids: list[str]) -> None:
 async def test_forced_connection_close_while_consuming_recovers(
     start_worker: StartWorker, client: QueueClient, topo: Topology
 ) -> None:
-    _, worker = await start_worker(delay_s=0.1)
+    _, worker = await start_worker(delay_s=0.3)
     pids = await asyncio.to_thread(_connection_pids, f"podserve-worker {topo.queue}")
-    n = 400  # ~5 s of work: 50 batches of 8
+    n = 400  # ~15 s of work, 50 batches of 8: longer than rabbitmqctl on a busy host
     ids = [await client.publish(MODEL, request(i)) for i in range(n)]
     await wait_for(lambda: client.answered >= 20, 20)
     await asyncio.to_thread(_close_connections, pids)

@@ -9,10 +9,10 @@
 
 Requests are persistent and published with confirms, so once :meth:`QueueClient.publish`
 returns the broker has them. Replies come back on a reply queue of this client's own, which is
-not exclusive but expires when unused (``x-expires``), so a dropped connection does not
-delete it and lose the replies published meanwhile. A worker killed between replying and
-acking replies twice to the same correlation id; the client hands out the first and counts
-the rest in :attr:`QueueClient.duplicates`.
+durable and not exclusive but expires when unused (``x-expires``), so neither a dropped
+connection nor a broker restart deletes it and loses the replies published meanwhile. A
+worker killed between replying and acking replies twice to the same correlation id; the
+client hands out the first and counts the rest in :attr:`QueueClient.duplicates`.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class QueueClient:
                 publisher_confirms=True, on_return_raises=True
             )
             self._replies = await channel.declare_queue(
-                self.reply_queue, arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS}
+                self.reply_queue, durable=True, arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS}
             )
             await self._replies.consume(self._on_reply)
 

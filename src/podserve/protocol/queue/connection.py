@@ -26,14 +26,22 @@ def redact(url: str) -> str:
     return str(parsed.with_password("***")) if parsed.password else str(parsed)
 
 
-async def connect(url: str, name: str) -> AbstractRobustConnection:
-    """A robust connection (reconnects, restores channels, queues and consumers)."""
+def named_url(url: str, name: str) -> URL:
+    """The URL, checked, with the connection name (unless the URL names it already)."""
     try:
         parsed = URL(url)
     except ValueError:
         raise ConfigurationError(f"invalid AMQP URL {redact(url)!r}") from None
     if parsed.scheme not in ("amqp", "amqps"):
         raise ConfigurationError(f"AMQP URL must start with amqp:// or amqps://: {redact(url)}")
-    named = parsed.update_query(name=name) if "name" not in parsed.query else parsed
+    return parsed.update_query(name=name) if "name" not in parsed.query else parsed
+
+
+async def connect(url: str, name: str) -> AbstractRobustConnection:
+    """A robust connection (reconnects, restores channels, queues and consumers): the client's.
+
+    The worker manages its own reconnection (:mod:`podserve.protocol.queue.session`).
+    """
+    named = named_url(url, name)
     with broker_errors(f"connecting to RabbitMQ at {redact(url)}"):
         return await aio_pika.connect_robust(named, timeout=CONNECT_TIMEOUT_S)

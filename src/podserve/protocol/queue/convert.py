@@ -149,13 +149,21 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
 
 
 def reply_message(reply: Reply, request: AbstractIncomingMessage) -> aio_pika.Message:
+    """The reply, as durable as the request: a persistent request gets a persistent reply.
+
+    A reply is confirmed before its request is acked; a transient reply in a durable reply
+    queue would still be lost by a broker restart after that ack, and with it the answer.
+    """
+    persistent = request.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     return aio_pika.Message(
         reply.body,
         content_type=reply.content_type,
         correlation_id=request.correlation_id,
         message_id=request.message_id,
         headers=reply.headers,
-        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        delivery_mode=(
+            aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+        ),
     )
 
 
