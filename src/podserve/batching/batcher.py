@@ -1,10 +1,16 @@
 """Dynamic batching: one batcher per model, shared by every surface.
 
 Requests wait in a priority queue; one collector task forms a batch from compatible requests
-(same shapes beyond the batch axis) up to the batch cap, waiting at most ``max_queue_delay``
-for it to fill (or until a preferred size is reached), and hands it to the model's single
+(same shapes beyond the batch axis) up to the batch cap and hands it to the model's single
 inference thread. While one batch computes, the next one is being collected, so the model
 never idles when there is work. The event loop never blocks on the model.
+
+How long a free model waits for a batch to fill is the policy's choice
+(:mod:`podserve.batching.policy`): ``adaptive`` (the default) runs a request that finds the
+model free at once and waits up to ``max_queue_delay`` only when the model's measured batch
+curve and the recent arrivals say waiting lowers the mean latency; ``fixed_delay`` always
+waits up to ``max_queue_delay`` for the batch to fill (or reach a preferred size), as
+Triton's dynamic batcher does.
 
 Back-pressure: past ``max_queue_size`` waiting requests, ``submit`` raises
 :class:`OverloadedError` at once instead of letting the queue grow. A request whose client
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from podserve import metrics
+from podserve.batching.policy import Arrivals, BatchCurve, Policy, adaptive_wait
 from podserve.batching.shapes import batch_key, concat, split
 from podserve.batching.stats import BatcherStats
 from podserve.errors import (
@@ -67,6 +74,8 @@ class Batcher:
         preferred_batch_sizes: tuple[int, ...] = (),
         max_queue_size: int = 4096,
         inline_below_s: float = 0.0,
+        policy: Policy = "adaptive",
+        curve: dict[int, float] | None = None,
     ) -> None:
         self.name = name
         self._infer = infer
@@ -76,6 +85,9 @@ class Batcher:
         self.max_queue_delay_s = max_queue_delay_s
         self.preferred = tuple(sorted(p for p in preferred_batch_sizes if p > 0))
         self.max_queue_size = max_queue_size
+        self.policy: Policy = policy
+        self.curve = BatchCurve(curve)  # seconds per batch size: warm-up, then every batch
+        self._arrivals = Arrivals(max_queue_delay_s)
         # A model whose batches take less than ``inline_below_s`` runs on the event loop: the
         # hand-off to the inference thread (submit, wake-up, GIL ping-pong) costs more than
         # the model then. Decided on measured compute times, never on a promise; 0 = never.
@@ -146,6 +158,7 @@ class Batcher:
         )
         heapq.heappush(self._heap, item)
         self._queued_rows += rows
+        self._arrivals.arrived(now, rows)
         self._depth.set(len(self._heap))
         self._idle.clear()
         self._wakeup.set()
@@ -196,11 +209,26 @@ class Batcher:
                 self._running = loop.create_task(self._execute(batch))
 
     async def _form_batch(self) -> list[_Item]:
-        """Pop a batch: wait up to max_queue_delay for it to fill, dropping expired items."""
-        first_seen = self._heap[0].enqueued
+        """Pop a batch, waiting for it to fill as the policy says; expired items are dropped."""
+        first = self._heap[0]
+        first_seen = first.enqueued
         if self.batched and self.max_queue_delay_s > 0:
-            deadline = first_seen + self.max_queue_delay_s
-            while self._queued_rows < self._target() and (wait := deadline - time.monotonic()) > 0:
+            if self.policy == "fixed_delay":
+                delay, target = self.max_queue_delay_s, self.batch_cap
+            else:
+                delay, target = adaptive_wait(
+                    self.curve,
+                    self._arrivals,
+                    self._queued_rows,
+                    self._target(),
+                    self.max_queue_delay_s,
+                )
+            self._arrivals.dispatched(first_seen, self._queued_rows - first.rows)
+            deadline = first_seen + delay
+            while (
+                self._queued_rows < min(target, self._target())
+                and (wait := deadline - time.monotonic()) > 0
+            ):
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), wait)
@@ -277,6 +305,7 @@ class Batcher:
             for item, part in zip(batch, parts, strict=True):
                 if not item.future.done():
                     item.future.set_result(part)
+            self._arrivals.answered(batch[0].enqueued, time.monotonic())
         except ResourceExhaustedError as exc:  # out of memory: retried below, outside `except`
             retry = self._after_oom(batch, exc)
         except Exception as exc:  # the model raised: every request of the batch fails
@@ -355,9 +384,11 @@ class Batcher:
         """``_run``, timed to decide where the next batches run (see ``inline_below_s``)."""
         t0 = time.perf_counter()
         try:
-            return self._run(inputs, rows)
+            outputs = self._run(inputs, rows)
         finally:
             self._note_compute(time.perf_counter() - t0)
+        self.curve.observe(rows, time.perf_counter() - t0)
+        return outputs
 
     def _note_compute(self, seconds: float) -> None:
         """Inline once 16 batches averaged under the bound; back to the thread after any slow
