@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVERS = Path(__file__).resolve().parent / "servers"
+REPO = Path(__file__).resolve().parents[2]
 # The same onnxruntime everywhere: the one podserve's own venv has.
 _ORT = "onnxruntime=={ort}"
 
@@ -154,7 +155,9 @@ def launch(peer: str, setup: Setup, threads: int, batching: bool, port: int) -> 
             argv += ["--max-queue-delay-ms", str(setup.delay_ms)]
         else:
             argv += ["--max-batch-size", "1", "--max-queue-delay-ms", "0"]
-        return Launch(argv, _env(setup, threads, batching), port, ports_used=1)
+        # This checkout's podserve, whatever the venv's install points at.
+        env = _env(setup, threads, batching, {"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{SERVERS}"})
+        return Launch(argv, env, port, ports_used=1)
     raise ValueError(peer)
 
 

@@ -8,6 +8,7 @@ each other. Bounds are wide so that a loaded machine cannot flip an assertion.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -260,3 +261,37 @@ async def test_batches_still_form_under_load_with_the_adaptive_policy(tmp_path: 
     alone = after["1.0"] - before.get("1.0", 0.0)
     assert ran < 64, "every request ran on its own"
     assert alone < ran, "no batch above one row"
+
+
+# --- several instances -------------------------------------------------------------------------
+
+
+async def test_two_instances_run_two_batches_at_once() -> None:
+    """Instance 0 holds its batch until instance 1 has started one: with a single inference
+    thread this would wait out the 10 s timeout; with two it returns at once."""
+    started = threading.Event()
+    used: list[str] = []
+
+    def first(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        used.append("first")
+        overlapped = started.wait(10)
+        return {"y": inputs["x"] * (2 if overlapped else -1)}
+
+    def second(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        used.append("second")
+        started.set()
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(
+        "m", first, max_batch_size=1, max_queue_delay_s=0.0, instances=[first, second]
+    )
+    batcher.start()
+    try:
+        a = asyncio.ensure_future(batcher.submit(_row(1)))
+        await asyncio.sleep(0.05)
+        b = asyncio.ensure_future(batcher.submit(_row(2)))
+        out = await asyncio.gather(a, b)
+    finally:
+        await batcher.close()
+    assert used == ["first", "second"]
+    assert [float(o["y"][0, 0]) for o in out] == [2.0, 4.0]

@@ -25,7 +25,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -76,9 +76,12 @@ class Batcher:
         inline_below_s: float = 0.0,
         policy: Policy = "adaptive",
         curve: dict[int, float] | None = None,
+        instances: Sequence[InferFn] = (),
     ) -> None:
         self.name = name
-        self._infer = infer
+        # Several instances (Triton's instance group): a batch runs on whichever is free.
+        self._instances = list(instances) or [infer]
+        self._free = list(range(len(self._instances)))[::-1]  # idle instances, 0 on top
         self.batched = max_batch_size > 0
         self.max_batch_size = max(max_batch_size, 1)
         self.batch_cap = self.max_batch_size  # may be lowered by the memory budget / OOM
@@ -91,7 +94,7 @@ class Batcher:
         # A model whose batches take less than ``inline_below_s`` runs on the event loop: the
         # hand-off to the inference thread (submit, wake-up, GIL ping-pong) costs more than
         # the model then. Decided on measured compute times, never on a promise; 0 = never.
-        self._inline_below_s = inline_below_s
+        self._inline_below_s = inline_below_s if len(self._instances) == 1 else 0.0
         self._inline = False
         self._runs = 0
         self._compute_ema = 0.0
@@ -99,11 +102,12 @@ class Batcher:
         self._heap: list[_Item] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._executor = ThreadPoolExecutor(
+            len(self._instances), thread_name_prefix=f"infer-{name}"
+        )
         self._task: asyncio.Task[None] | None = None
         self._inflight = 0
-        self._busy = False  # a batch is on the inference thread
-        self._running: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._queued_rows = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -189,12 +193,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             if not self._heap:
-                if not self._busy and self._inflight == 0:
+                if len(self._free) == len(self._instances) and self._inflight == 0:
                     self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._busy:
+            if not self._free:
                 # The model is busy: the next batch grows until the model frees up. The batch
                 # that just finished wakes this loop before it delivers its results, so the
                 # model gets its next batch before the previous answers are encoded.
@@ -203,10 +207,11 @@ class Batcher:
                 continue
             batch = await self._form_batch()
             if batch and self._inline:  # cheap model: run here, no task, no thread hop
-                await self._execute(batch)
+                await self._execute(batch, 0)
             elif batch:
-                self._busy = True
-                self._running = loop.create_task(self._execute(batch))
+                task = loop.create_task(self._execute(batch, self._free.pop()))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
     async def _form_batch(self) -> list[_Item]:
         """Pop a batch, waiting for it to fill as the policy says; expired items are dropped."""
@@ -279,7 +284,7 @@ class Batcher:
 
     # --- execution ------------------------------------------------------------------------
 
-    async def _execute(self, batch: list[_Item], *, retrying: bool = False) -> None:
+    async def _execute(self, batch: list[_Item], slot: int, *, retrying: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._inflight += len(batch)
         start = time.monotonic()
@@ -290,15 +295,17 @@ class Batcher:
             inputs = concat([i.inputs for i in batch])
             rows = sum(i.rows for i in batch)
             if not threaded:
-                outputs = self._timed_run(inputs, rows)
+                outputs = self._timed_run(slot, inputs, rows)
             else:
-                outputs = await loop.run_in_executor(self._executor, self._timed_run, inputs, rows)
+                outputs = await loop.run_in_executor(
+                    self._executor, self._timed_run, slot, inputs, rows
+                )
                 if not retrying and 2 * self._queued_rows >= self.batch_cap:
                     # Half a batch or more is waiting: start it before encoding these answers.
                     # With less, let the loop first take in the requests still arriving (a
                     # busy loop lags behind), as the queue delay would.
                     handed = True
-                    await self._hand_over()
+                    await self._hand_over(slot)
             parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
             compute = time.monotonic() - start
             self._record(batch, rows, start, compute)
@@ -325,16 +332,16 @@ class Batcher:
             if not self._heap and not self._inflight:
                 self._idle.set()
         for half in retry:  # no await since the finally: drain() still sees them in flight
-            await self._execute(half, retrying=True)
+            await self._execute(half, slot, retrying=True)
         if threaded and not handed and not retrying:
             # Not handed over early (little waiting, a failure, or an OOM split): the model is
             # free only now, so the next batch sees the lowered cap and never races the halves.
-            self._busy = False
+            self._free.append(slot)
             self._wakeup.set()
 
-    async def _hand_over(self) -> None:
-        """The inference thread is free: let the collector send it the next batch first."""
-        self._busy = False
+    async def _hand_over(self, slot: int) -> None:
+        """The instance is free: let the collector send it the next batch first."""
+        self._free.append(slot)
         self._wakeup.set()
         await asyncio.sleep(0)  # the collector runs (and submits) before results are delivered
 
@@ -368,9 +375,9 @@ class Batcher:
                 item.future.set_exception(err)
         return []
 
-    def _run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """On the inference thread: run the model and check what it returned."""
-        outputs = self._infer(inputs)
+    def _run(self, slot: int, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """On an inference thread: run the model and check what it returned."""
+        outputs = self._instances[slot](inputs)
         if self.batched:
             for name, arr in outputs.items():
                 if arr.ndim == 0 or arr.shape[0] != rows:
@@ -380,11 +387,13 @@ class Batcher:
                     )
         return outputs
 
-    def _timed_run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    def _timed_run(
+        self, slot: int, inputs: dict[str, np.ndarray], rows: int
+    ) -> dict[str, np.ndarray]:
         """``_run``, timed to decide where the next batches run (see ``inline_below_s``)."""
         t0 = time.perf_counter()
         try:
-            outputs = self._run(inputs, rows)
+            outputs = self._run(slot, inputs, rows)
         finally:
             self._note_compute(time.perf_counter() - t0)
         self.curve.observe(rows, time.perf_counter() - t0)

@@ -128,6 +128,7 @@ def start_batcher(served: ServedModel, mv: ModelVersion, model: Model, settings:
         inline_below_s=s.inline_infer_us / 1e6,
         policy=s.batching_policy or batching.policy,
         curve=model.report.details.get("batch_curve"),
+        instances=model.instances(),
     )
     apply_plan(name, model, served.batcher, served.extra_metadata)  # memory: cap, budget
     served.batcher.start()
