@@ -63,7 +63,7 @@ def _fmt(r: dict | None, peer: str, batching: str) -> str:
 
 
 def _ok(r: dict | None) -> bool:
-    return r is not None and "failed" not in r and not r["errors"]
+    return r is not None and "failed" not in r and not r["errors"] and r["rps"] > 0
 
 
 def render(result: dict, peers: list[str]) -> str:
