@@ -128,7 +128,7 @@ async def _pairs(batcher: Batcher, n: int, gap_s: float) -> None:
 
 async def test_adaptive_waits_for_the_next_request_when_the_curve_says_it_pays() -> None:
     model = Sleeper(fixed=0.2)  # t(b) = 200 ms whatever b: waiting 80 ms saves 100 ms
-    batcher = Batcher("m", model.infer, max_batch_size=8, max_queue_delay_s=0.08)
+    batcher = Batcher("m", model.infer, max_batch_size=8, max_queue_delay_s=0.08, policy="adaptive")
     batcher.curve = BatchCurve(measure_curve(model.infer, _row(0), 2))
     timed = len(model.batches)
     batcher.start()
@@ -143,7 +143,7 @@ async def test_adaptive_waits_for_the_next_request_when_the_curve_says_it_pays()
 
 async def test_adaptive_never_waits_when_batching_gains_nothing() -> None:
     model = Sleeper(fixed=0.0, per_row=0.1)  # t(b) = 100 ms per row: no gain from batching
-    batcher = Batcher("m", model.infer, max_batch_size=8, max_queue_delay_s=0.08)
+    batcher = Batcher("m", model.infer, max_batch_size=8, max_queue_delay_s=0.08, policy="adaptive")
     batcher.curve = BatchCurve(measure_curve(model.infer, _row(0), 2))
     timed = len(model.batches)
     batcher.start()
@@ -156,7 +156,9 @@ async def test_adaptive_never_waits_when_batching_gains_nothing() -> None:
 
 async def test_priorities_and_timeouts_hold_under_the_adaptive_policy() -> None:
     model = Sleeper(fixed=0.3)
-    batcher = Batcher("m", model.infer, max_batch_size=2, max_queue_delay_s=0.002)
+    batcher = Batcher(
+        "m", model.infer, max_batch_size=2, max_queue_delay_s=0.002, policy="adaptive"
+    )
     batcher.start()
     try:
         blocker = asyncio.ensure_future(batcher.submit(_row(-1)))

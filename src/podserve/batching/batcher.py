@@ -74,7 +74,7 @@ class Batcher:
         preferred_batch_sizes: tuple[int, ...] = (),
         max_queue_size: int = 4096,
         inline_below_s: float = 0.0,
-        policy: Policy = "adaptive",
+        policy: Policy = "fixed_delay",  # the manifest's default is adaptive
         curve: dict[int, float] | None = None,
         instances: Sequence[InferFn] = (),
     ) -> None:
