@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 rps = measure(model, one, n, t, batch, args.seconds)
                 best[layout] = max(best.get(layout, 0.0), rps)
                 load = os.getloadavg()[0]
-                cells.append(
-                    {"layout": layout, "batch": batch, "rows_per_s": round(rps, 1), "load": load}
-                )
+                cells.append(dict(layout=layout, batch=batch, rows_per_s=rps, loadavg_1m=load))
                 print(f"batch {batch:3d} {layout}: {rps:7.1f} rows/s  load {load:.1f}")
         print(f"batch {batch:3d} best: " + ", ".join(f"{k} {v:.1f}" for k, v in best.items()))
     import onnxruntime

@@ -179,6 +179,15 @@ def checks(result: dict) -> list[str]:
                 f"{best['p99_ms']:.1f} ({LABEL[best['peer']]}, batching {best['batching']}): "
                 f"{verdict}"
             )
+    for (model, threads, batching, conc), by_peer in grid.items():
+        ps = by_peer.get("podserve")
+        if batching == "on" and conc > 1 and _ok(ps) and ps.get("batches_le"):
+            n, alone = ps["batches_le"].get("+Inf", 0), ps["batches_le"].get("1.0", 0)
+            name = f"{model}/t{threads}" if model == "minilm" else model
+            out.append(
+                f"- podserve batches formed, {name} c={conc}: {n - alone:.0f} of {n:.0f} "
+                "batches held more than one request"
+            )
     worse = []
     for (model, threads, batching, conc), by_peer in grid.items():
         ps = by_peer.get("podserve")

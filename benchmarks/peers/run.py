@@ -29,7 +29,7 @@ import load
 import numpy as np
 import peers
 import report
-from procs import Server, free_port_block, get_json, post_json
+from procs import Server, batch_counts, free_port_block, get_json, post_json
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_PEERS = ["podserve", "triton", "mlserver", "kserve", "fastapi"]
@@ -167,6 +167,7 @@ def run_instance(
         print(f"[check] {tag}: outputs match onnxruntime within {TOL}", flush=True)
         for model in models:
             for conns in args.concurrency:
+                before = batch_counts(url, model) if peer == "podserve" else {}
                 reps = [
                     load.measure(
                         server,
@@ -179,6 +180,9 @@ def run_instance(
                     for i in range(args.repeats)
                 ]
                 row = {**key, "model": model, "concurrency": conns, **summarize(reps), "runs": reps}
+                if before:  # batches per size bucket (warm-up included): did batches form?
+                    after = batch_counts(url, model)
+                    row["batches_le"] = {k: after[k] - before.get(k, 0.0) for k in after}
                 rows.append(row)
                 print(
                     f"  {tag} {model} c={conns}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.1f} "
