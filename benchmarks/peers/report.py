@@ -232,7 +232,9 @@ the Python ceiling), all on this machine, same models, same load, one run of
   thread(s) and 1 inter-op thread in every server. Every server's output matched a direct
   onnxruntime call (max abs error ≤ 1e-4) before the load ran.
 - Batching on: each server's own dynamic batcher, max batch {s["max_batch"]}, {s["delay_ms"]} ms
-  queue delay. KServe (its batcher is a separate sidecar) and the FastAPI echo run off only.
+  queue delay (podserve: `{s.get("podserve_policy", "fixed_delay")}` policy,
+  {s.get("podserve_instances", 1)} MiniLM instance(s)). KServe (its batcher is a separate
+  sidecar) and the FastAPI echo run off only.
 - Load: `wrk -t1 -cC` with `post.lua` posting the v2 JSON body; {s["warmup_s"]} s warm-up, then
   {s["duration_s"]} s measured, {s["repeats"]} repeats (median shown). wrk CPU = the client's
   utime+stime per second of run (cores out of the two).{failed}
