@@ -26,10 +26,10 @@ from podserve.batching.policy import (
 )
 from podserve.dataplane import DataPlane
 from podserve.errors import DeadlineExceededError
-from podserve.protocol.http.server import create_app
+from podserve.protocol.http.app import create_app
 from podserve.settings import Settings
 from podserve.storage.repository import ModelRepository
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 # --- the rule --------------------------------------------------------------------------------
 
