@@ -5,12 +5,9 @@ Requests wait in a priority queue; one collector task forms a batch from compati
 inference thread. While one batch computes, the next one is being collected, so the model
 never idles when there is work. The event loop never blocks on the model.
 
-How long a free model waits for a batch to fill is the policy's choice
-(:mod:`podserve.batching.policy`): ``adaptive`` (the default) runs a request that finds the
-model free at once and waits up to ``max_queue_delay`` only when the model's measured batch
-curve and the recent arrivals say waiting lowers the mean latency; ``fixed_delay`` always
-waits up to ``max_queue_delay`` for the batch to fill (or reach a preferred size), as
-Triton's dynamic batcher does.
+How long a free model waits for its batch to fill is the policy's choice (``adaptive``: only
+when waiting pays; ``fixed_delay``: up to ``max_queue_delay``, as Triton does), see
+:mod:`podserve.batching.policy`. Several instances run batches side by side.
 
 Back-pressure: past ``max_queue_size`` waiting requests, ``submit`` raises
 :class:`OverloadedError` at once instead of letting the queue grow. A request whose client
@@ -32,8 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from podserve import metrics
-from podserve.batching.policy import Arrivals, BatchCurve, Policy, adaptive_wait
-from podserve.batching.shapes import batch_key, concat, split
+from podserve.batching.inline import InlineGate
+from podserve.batching.policy import Arrivals, BatchCurve, Policy, fill_wait
+from podserve.batching.shapes import batch_key, check_rows, concat, split
 from podserve.batching.stats import BatcherStats
 from podserve.errors import (
     DeadlineExceededError,
@@ -91,13 +89,8 @@ class Batcher:
         self.policy: Policy = policy
         self.curve = BatchCurve(curve)  # seconds per batch size: warm-up, then every batch
         self._arrivals = Arrivals(max_queue_delay_s)
-        # A model whose batches take less than ``inline_below_s`` runs on the event loop: the
-        # hand-off to the inference thread (submit, wake-up, GIL ping-pong) costs more than
-        # the model then. Decided on measured compute times, never on a promise; 0 = never.
-        self._inline_below_s = inline_below_s if len(self._instances) == 1 else 0.0
-        self._inline = False
-        self._runs = 0
-        self._compute_ema = 0.0
+        # Cheap models run on the event loop (measured; see batching/inline.py).
+        self._inline = InlineGate(inline_below_s if len(self._instances) == 1 else 0.0)
         self.stats = BatcherStats()
         self._heap: list[_Item] = []
         self._seq = itertools.count()
@@ -206,7 +199,7 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             batch = await self._form_batch()
-            if batch and self._inline:  # cheap model: run here, no task, no thread hop
+            if batch and self._inline.active:  # cheap model: run here, no task, no thread hop
                 await self._execute(batch, 0)
             elif batch:
                 task = loop.create_task(self._execute(batch, self._free.pop()))
@@ -218,16 +211,7 @@ class Batcher:
         first = self._heap[0]
         first_seen = first.enqueued
         if self.batched and self.max_queue_delay_s > 0:
-            if self.policy == "fixed_delay":
-                delay, target = self.max_queue_delay_s, self.batch_cap
-            else:
-                delay, target = adaptive_wait(
-                    self.curve,
-                    self._arrivals,
-                    self._queued_rows,
-                    self._target(),
-                    self.max_queue_delay_s,
-                )
+            delay, target = fill_wait(self, self._arrivals, self._queued_rows, self._target())
             self._arrivals.dispatched(first_seen, self._queued_rows - first.rows)
             deadline = first_seen + delay
             while (
@@ -290,7 +274,7 @@ class Batcher:
         start = time.monotonic()
         retry: list[list[_Item]] = []
         handed = False
-        threaded = not self._inline  # `_inline` may flip while this batch runs
+        threaded = not self._inline.active  # it may flip while this batch runs
         try:
             inputs = concat([i.inputs for i in batch])
             rows = sum(i.rows for i in batch)
@@ -375,40 +359,19 @@ class Batcher:
                 item.future.set_exception(err)
         return []
 
-    def _run(self, slot: int, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """On an inference thread: run the model and check what it returned."""
-        outputs = self._instances[slot](inputs)
-        if self.batched:
-            for name, arr in outputs.items():
-                if arr.ndim == 0 or arr.shape[0] != rows:
-                    raise InferenceError(
-                        f"model '{self.name}' returned output '{name}' with shape "
-                        f"{list(arr.shape)} for a batch of {rows}"
-                    )
-        return outputs
-
     def _timed_run(
         self, slot: int, inputs: dict[str, np.ndarray], rows: int
     ) -> dict[str, np.ndarray]:
-        """``_run``, timed to decide where the next batches run (see ``inline_below_s``)."""
+        """On an inference thread: run the model, timed (inline gate, batch curve), checked."""
         t0 = time.perf_counter()
         try:
-            outputs = self._run(slot, inputs, rows)
+            outputs = self._instances[slot](inputs)
         finally:
-            self._note_compute(time.perf_counter() - t0)
+            self._inline.note(time.perf_counter() - t0)
         self.curve.observe(rows, time.perf_counter() - t0)
+        if self.batched:
+            check_rows(self.name, outputs, rows)
         return outputs
-
-    def _note_compute(self, seconds: float) -> None:
-        """Inline once 16 batches averaged under the bound; back to the thread after any slow
-        batch, so a model that turns slow blocks the loop at most once."""
-        limit = self._inline_below_s
-        if limit <= 0:
-            return
-        self._runs += 1
-        ema = self._compute_ema
-        self._compute_ema = ema = seconds if self._runs == 1 else ema + 0.1 * (seconds - ema)
-        self._inline = self._runs >= 16 and ema < limit and seconds < 4 * limit
 
     def _record(self, batch: list[_Item], rows: int, start: float, compute: float) -> None:
         s = self.stats

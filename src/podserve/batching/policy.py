@@ -37,7 +37,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -130,6 +130,20 @@ def adaptive_wait(
     if saved is None or saved <= max_delay_s:
         return 0.0, queued
     return max_delay_s, queued + k
+
+
+class _Waiter(Protocol):
+    policy: Policy
+    curve: BatchCurve
+    batch_cap: int
+    max_queue_delay_s: float
+
+
+def fill_wait(batcher: _Waiter, arrivals: Arrivals, queued: int, target: int) -> tuple[float, int]:
+    """(how long after its first request a batch may wait, rows that end the wait)."""
+    if batcher.policy == "fixed_delay":
+        return batcher.max_queue_delay_s, batcher.batch_cap
+    return adaptive_wait(batcher.curve, arrivals, queued, target, batcher.max_queue_delay_s)
 
 
 def measure_curve(
