@@ -186,7 +186,7 @@ class Sleepy:
 """
 
 
-def _dataplane(tmp_path: Path, policy: str) -> DataPlane:
+def _dataplane(tmp_path: Path, policy: str, settings: Settings | None = None) -> DataPlane:
     src = tmp_path / "src"
     src.mkdir(parents=True, exist_ok=True)
     (src / "model.py").write_text(MODEL_PY, encoding="utf-8")
@@ -202,7 +202,7 @@ def _dataplane(tmp_path: Path, policy: str) -> DataPlane:
             "options": {"module": "model.py:Sleepy"},
         },
     )
-    return DataPlane(ModelRepository(tmp_path / "models"), Settings())
+    return DataPlane(ModelRepository(tmp_path / "models"), settings or Settings())
 
 
 def _histogram(text: str) -> dict[str, float]:
@@ -240,6 +240,26 @@ async def test_a_lone_request_waits_for_the_queue_delay_only_under_fixed_delay(
                     assert took < 1.0, f"a lone request waited {took:.2f} s (queue delay 2 s)"
                 else:
                     assert took >= 1.9  # Triton's behaviour, kept on request
+    finally:
+        await dp.stop()
+
+
+async def test_the_setting_overrides_the_manifest_policy(tmp_path: Path) -> None:
+    dp = _dataplane(tmp_path, "adaptive", Settings(batching_policy="fixed_delay"))
+    await dp.start([("sleepy", None)])
+    try:
+        params = dp.model_metadata("sleepy")["parameters"]
+        assert params["batching_policy"] == "fixed_delay"
+        assert params["batch_ms"] == {}  # the curve is only timed for the adaptive policy
+    finally:
+        await dp.stop()
+    dp = _dataplane(tmp_path / "again", "adaptive")
+    await dp.start([("sleepy", None)])
+    try:
+        params = dp.model_metadata("sleepy")["parameters"]
+        assert params["batching_policy"] == "adaptive"
+        assert set(params["batch_ms"]) == {"1", "2", "4", "8", "16"}
+        assert all(ms >= 19.0 for ms in params["batch_ms"].values())  # the model sleeps 20 ms
     finally:
         await dp.stop()
 
