@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVERS = Path(__file__).resolve().parent / "servers"
+REPO = Path(__file__).resolve().parents[2]
 # The same onnxruntime everywhere: the one podserve's own venv has.
 _ORT = "onnxruntime=={ort}"
 
@@ -107,6 +108,8 @@ class Setup:
     podserve: Path  # the podserve executable
     max_batch: int
     delay_ms: float
+    policy: str = "adaptive"  # podserve's batching policy when batching is on
+    instances: int = 1  # podserve's MiniLM sessions; the intra-op threads are split over them
 
 
 def _env(setup: Setup, threads: int, batching: bool, extra: dict[str, str] | None = None) -> dict:
@@ -152,9 +155,12 @@ def launch(peer: str, setup: Setup, threads: int, batching: bool, port: int) -> 
         if batching:
             argv += ["--max-batch-size", str(setup.max_batch)]
             argv += ["--max-queue-delay-ms", str(setup.delay_ms)]
+            argv += ["--batching-policy", setup.policy]
         else:
             argv += ["--max-batch-size", "1", "--max-queue-delay-ms", "0"]
-        return Launch(argv, _env(setup, threads, batching), port, ports_used=1)
+        # This checkout's podserve, whatever the venv's install points at.
+        env = _env(setup, threads, batching, {"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{SERVERS}"})
+        return Launch(argv, env, port, ports_used=1)
     raise ValueError(peer)
 
 
@@ -182,7 +188,7 @@ def stage_podserve(setup: Setup, threads: int) -> Path:
     """A podserve model root per thread count, written once by ``podserve stage``."""
     root = setup.scratch / "podserve" / f"root-t{threads}"
     stamp = root / ".peers-staged"
-    want = f"{setup.minilm} threads={threads} max_batch={setup.max_batch}"
+    want = f"{setup.minilm} threads={threads} max_batch={setup.max_batch} x{setup.instances}"
     if stamp.exists() and stamp.read_text() == want:
         return root
     shutil.rmtree(root, ignore_errors=True)
@@ -226,7 +232,9 @@ def stage_podserve(setup: Setup, threads: int) -> Path:
             "--output",
             "last_hidden_state:FP32:-1,384",
             "--option",
-            f"intra_op_threads={threads}",
+            f"intra_op_threads={max(1, threads // setup.instances)}",
+            "--option",
+            f"instances={setup.instances}",
             "--option",
             "inter_op_threads=1",
         ],

@@ -159,6 +159,17 @@ def post_json(url: str, body: bytes, timeout: float = 30) -> dict:
         return json.loads(r.read())
 
 
+def batch_counts(url: str, model: str) -> dict[str, float]:
+    """podserve's ``podserve_batch_size`` histogram buckets for ``model`` (cumulative counts)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("podserve_batch_size_bucket{") and f'model="{model}"' in line:
+            out[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())

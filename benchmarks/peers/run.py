@@ -29,7 +29,7 @@ import load
 import numpy as np
 import peers
 import report
-from procs import Server, free_port_block, get_json, post_json
+from procs import Server, batch_counts, free_port_block, get_json, post_json
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_PEERS = ["podserve", "triton", "mlserver", "kserve", "fastapi"]
@@ -50,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     podserve_bin = Path(
         args.podserve or shutil.which("podserve") or Path(sys.executable).with_name("podserve")
     )
-    setup = peers.Setup(scratch, minilm, podserve_bin, args.max_batch, args.delay_ms)
+    setup = peers.Setup(
+        scratch,
+        minilm,
+        podserve_bin,
+        args.max_batch,
+        args.delay_ms,
+        args.podserve_policy,
+        args.podserve_instances,
+    )
     bodies, reference = make_bodies(scratch / "bodies", args.seq)
     failed: dict[str, str] = {}
     versions: dict[str, str] = {"onnxruntime": __import__("onnxruntime").__version__}
@@ -115,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             "delay_ms": args.delay_ms,
             "concurrency": args.concurrency,
             "threads": args.threads,
+            "podserve_policy": args.podserve_policy,
+            "podserve_instances": args.podserve_instances,
         },
         "loadavg_1m_end": os.getloadavg()[0],
         "versions": versions,
@@ -131,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}")
     if not args.no_docs:
         report.write_docs(REPO / "docs" / "benchmarks.md", report.section(result, table))
-        print("wrote docs/benchmarks.md ## Peers")
+        report.write_readme(REPO / "README.md", report.readme_table(result))
+        print("wrote docs/benchmarks.md ## Peers and the README's peers table")
     return 0
 
 
@@ -156,6 +167,7 @@ def run_instance(
         print(f"[check] {tag}: outputs match onnxruntime within {TOL}", flush=True)
         for model in models:
             for conns in args.concurrency:
+                before = batch_counts(url, model) if peer == "podserve" else {}
                 reps = [
                     load.measure(
                         server,
@@ -168,6 +180,9 @@ def run_instance(
                     for i in range(args.repeats)
                 ]
                 row = {**key, "model": model, "concurrency": conns, **summarize(reps), "runs": reps}
+                if before:  # batches per size bucket (warm-up included): did batches form?
+                    after = batch_counts(url, model)
+                    row["batches_le"] = {k: after[k] - before.get(k, 0.0) for k in after}
                 rows.append(row)
                 print(
                     f"  {tag} {model} c={conns}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.1f} "
@@ -307,11 +322,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=16, help="MiniLM tokens per request")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--delay-ms", type=float, default=2.0, help="batchers' queue delay")
+    p.add_argument(
+        "--podserve-policy",
+        default="adaptive",
+        choices=["adaptive", "fixed_delay"],
+        help="podserve's batching policy when batching is on",
+    )
+    p.add_argument(
+        "--podserve-instances",
+        type=int,
+        default=1,
+        help="podserve's MiniLM sessions (options.instances); intra-op threads split over them",
+    )
     p.add_argument("--start-timeout", type=float, default=120.0)
     p.add_argument("--podserve", help="the podserve executable (default: beside this python)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the in-process onnxruntime run")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers.json"))
-    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument("--no-docs", action="store_true", help="leave the docs and README")
     p.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     return p.parse_args(argv)
 

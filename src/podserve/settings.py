@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float | None = Field(
         None, description="Override how long the batcher waits to fill a batch."
     )
+    batching_policy: Literal["adaptive", "fixed_delay"] | None = Field(
+        None,
+        description="Override the manifest's batching.policy: adaptive (a request that finds "
+        "the model free runs at once; the queue delay is used only when the model's measured "
+        "batch curve says waiting pays) or fixed_delay (always wait up to the queue delay for "
+        "the batch to fill, as Triton does).",
+    )
     max_queue_size: int = Field(
         4096, description="Requests waiting per model before new ones get 503/UNAVAILABLE."
     )

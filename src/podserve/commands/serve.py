@@ -34,6 +34,11 @@ def add_serving_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-port", type=int, help="gRPC port, 0 = off (PODSERVE_GRPC_PORT)")
     p.add_argument("--max-batch-size", type=int, help="cap the manifest's max_batch_size")
     p.add_argument("--max-queue-delay-ms", type=float, help="batcher fill delay")
+    p.add_argument(
+        "--batching-policy",
+        choices=["adaptive", "fixed_delay"],
+        help="adaptive: wait only when it pays; fixed_delay: always wait for the batch to fill",
+    )
     p.add_argument("--read-strategy", choices=["mmap", "read"], help="how weights are read")
     p.add_argument("--verify", choices=["full", "size"], help="weight check at load")
     p.add_argument("--queue", help="also consume v2 requests from this RabbitMQ queue")
@@ -56,6 +61,7 @@ _FLAG_FIELDS = (
     "grpc_port",
     "max_batch_size",
     "max_queue_delay_ms",
+    "batching_policy",
     "read_strategy",
     "verify",
     "queue",

@@ -42,6 +42,12 @@ def model_metadata(served: ServedModel) -> dict[str, Any]:
             "state": served.state,
         },
     }
+    if served.batcher is not None and served.batcher.batched:
+        b = served.batcher
+        meta["parameters"]["batching_policy"] = b.policy
+        meta["parameters"]["batch_ms"] = {
+            str(rows): round(s * 1e3, 3) for rows, s in b.curve.points().items()
+        }
     if served.model is not None:
         meta["parameters"]["verified"] = served.model.report.verified
         meta["parameters"]["device"] = served.model.report.device

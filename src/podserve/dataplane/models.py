@@ -15,6 +15,7 @@ from typing import Any
 
 from podserve import metrics
 from podserve.batching.batcher import Batcher
+from podserve.batching.policy import measure_curve
 from podserve.errors import ModelNotReadyError, PodserveError
 from podserve.runtime.memory import MemoryPlan, plan_memory
 from podserve.runtime.model import Model
@@ -80,7 +81,12 @@ def load_blocking(
     if missing:
         model.unload()
         raise ModelNotReadyError(f"model '{name}' warm-up returned no output {', '.join(missing)}")
-    model.report.details["memory_plan"] = plan_memory(model)  # GPU: probe → batch cap
+    plan = model.report.details["memory_plan"] = plan_memory(model)  # GPU: batch cap
+    if adaptive(mv.manifest, settings) and plan.cap > 1:  # the curve the policy decides on
+        try:
+            model.report.details["batch_curve"] = measure_curve(model.infer, warm, plan.cap)
+        except Exception as exc:  # the warm-up batch passed: serve, learn the curve live
+            log.warning("model %s: batch sizes not timed at warm-up: %s", name, exc)
     log.info(
         "model %s version %s loaded in %.2fs (%d bytes, verified: %s)",
         name,
@@ -90,6 +96,14 @@ def load_blocking(
         model.report.verified,
     )
     return mv, model
+
+
+def adaptive(manifest: Manifest, settings: Settings) -> bool:
+    """Whether the model's batcher follows the adaptive policy with a queue delay to spend."""
+    delay = settings.max_queue_delay_ms
+    if delay is None:
+        delay = manifest.batching.max_queue_delay_ms
+    return (settings.batching_policy or manifest.batching.policy) == "adaptive" and delay > 0
 
 
 def start_batcher(served: ServedModel, mv: ModelVersion, model: Model, settings: Settings) -> None:
@@ -112,6 +126,9 @@ def start_batcher(served: ServedModel, mv: ModelVersion, model: Model, settings:
         preferred_batch_sizes=batching.preferred_batch_sizes,
         max_queue_size=batching.max_queue_size or s.max_queue_size,
         inline_below_s=s.inline_infer_us / 1e6,
+        policy=s.batching_policy or batching.policy,
+        curve=model.report.details.get("batch_curve"),
+        instances=model.instances(),
     )
     apply_plan(name, model, served.batcher, served.extra_metadata)  # memory: cap, budget
     served.batcher.start()

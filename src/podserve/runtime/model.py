@@ -11,12 +11,15 @@ A model is constructed from a verified :class:`~podserve.storage.repository.Mode
 ``infer`` receives one numpy array per input with the batch on axis 0 (when the manifest's
 ``max_batch_size`` > 0) and returns one array per output with the same leading size. BYTES
 tensors are numpy object arrays of ``bytes``. ``infer`` runs on one dedicated thread per
-model, so implementations need not be thread-safe, and may release the GIL.
+model, so implementations need not be thread-safe, and may release the GIL. A runtime that
+can hold several independent copies (``instances``) returns one callable per copy; the
+batcher then runs each on its own thread.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +73,10 @@ class Model(ABC):
     @abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch."""
+
+    def instances(self) -> list[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]]:
+        """One ``infer`` per independent copy of the model; a single copy unless overridden."""
+        return [self.infer]
 
     def unload(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release weights and device memory; the object is not used afterwards."""

@@ -7,6 +7,7 @@ Manifest options::
       intra_op_threads: 2           # default: the intra_op_threads setting, else ORT's
       inter_op_threads: 1
       allow_spinning: true          # ORT's default; false lets idle threads sleep (busy hosts)
+      instances: 1                  # sessions, each on its own thread with intra_op_threads
       # optional text embedding, as the transformers runtime does it:
       task: embedding
       tokenizer: tokenizer.json
@@ -21,6 +22,8 @@ the path), so what runs is what was checked. Single-file models only (no externa
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,9 +77,16 @@ class OnnxModel(Model):
         if device.startswith("cuda"):
             index = int(device[5:]) if ":" in device else 0
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+        count = opts.get("instances", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 64:
+            raise ManifestError(f"invalid field 'options.instances': {count!r}; an int 1..64")
         buf = reader.weights(name)
         try:
-            self._session = ort.InferenceSession(buf.data.tobytes(), so, providers=providers)
+            data = buf.data.tobytes()
+            self._sessions = [
+                ort.InferenceSession(data, so, providers=providers) for _ in range(count)
+            ]
+            self._session = self._sessions[0]
         except Exception as exc:  # onnxruntime's pybind errors have no common base
             raise ModelDirectoryError(
                 f"{buf.path}: ONNX Runtime refused the model: {exc}"
@@ -104,9 +114,15 @@ class OnnxModel(Model):
         reader.finish(device)
         self.report.details["providers"] = self._session.get_providers()
 
+    def instances(self) -> list[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]]:
+        return [functools.partial(self._infer_on, s) for s in self._sessions]
+
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._infer_on(self._session, inputs)
+
+    def _infer_on(self, session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._task == "embedding":
-            return self._embed(inputs)
+            return self._embed(session, inputs)
         feed = {}
         for spec in self.inputs:
             arr = inputs.get(spec.name)
@@ -114,13 +130,13 @@ class OnnxModel(Model):
                 raise InvalidRequestError(f"input '{spec.name}' is required")
             feed[spec.name] = arr
         names = [o.name for o in self.outputs]
-        results = self._run(names, feed)
+        results = self._run(session, names, feed)
         return {
             spec.name: np.asarray(value).astype(to_numpy_dtype(spec.datatype), copy=False)
             for spec, value in zip(self.outputs, results, strict=True)
         }
 
-    def _embed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _embed(self, session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         array = inputs.get(self._text.name)
         if array is None:
             raise InvalidRequestError(f"input '{self._text.name}' is required")
@@ -130,13 +146,13 @@ class OnnxModel(Model):
             return {out.name: np.zeros((*lead, *out.shape), np.float32)}
         enc = self._tokenizer.encode(texts)
         feed = {k: v for k, v in enc.items() if k in self._session_inputs}
-        (hidden,) = self._run([self._hidden], feed)
+        (hidden,) = self._run(session, [self._hidden], feed)
         pooled = mean_pool(np.asarray(hidden), enc["attention_mask"], self._normalize)
         return {out.name: pooled.reshape(*lead, pooled.shape[-1])}
 
-    def _run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
+    def _run(self, session: Any, names: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
         try:
-            return list(self._session.run(names, feed))
+            return list(session.run(names, feed))
         except Exception as exc:  # translated here: nothing above sees onnxruntime's types
             if is_out_of_memory(exc):  # arena / CUDA allocation failure: the batcher splits
                 raise oom_error(exc, self.version.name) from None
@@ -147,3 +163,4 @@ class OnnxModel(Model):
 
     def unload(self) -> None:
         self._session = None
+        self._sessions = []

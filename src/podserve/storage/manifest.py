@@ -62,6 +62,7 @@ class TensorSpec(_Strict):
 
 
 class Batching(_Strict):
+    policy: Literal["adaptive", "fixed_delay"] = "adaptive"
     max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int | None = Field(None, ge=1)
