@@ -12,12 +12,20 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from podserve.commands import COMMANDS
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an input error as one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="podserve",
         description="Serve AI models from a verified model repository (Open Inference Protocol).",
     )
@@ -37,8 +45,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PodserveError as exc:
         print(f"podserve {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ValueError as exc:  # pydantic's ValidationError: a flag or PODSERVE_* value
+        if type(exc).__name__ != "ValidationError":
+            raise
+        print(f"podserve {args.command}: error: {_setting_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _setting_error(exc: ValueError) -> str:
+    """The first invalid setting of a pydantic ValidationError, named as flag and variable."""
+    errors = exc.errors()  # type: ignore[attr-defined]
+    first = errors[0]
+    field = str(first["loc"][0]) if first.get("loc") else "?"
+    flag = "--" + field.replace("_", "-")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return (
+        f"invalid value {first.get('input')!r} for {flag} / PODSERVE_{field.upper()}: "
+        f"{first['msg']}{more}"
+    )
 
 
 def _version() -> str:

@@ -48,9 +48,15 @@ class Settings(BaseSettings):
 
     # --- serving surfaces ---------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Address the HTTP and gRPC servers bind.")
-    http_port: int = Field(8080, description="HTTP (Open Inference Protocol REST) port; 0 = off.")
-    grpc_port: int = Field(8081, description="gRPC (GRPCInferenceService) port; 0 = off.")
-    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest accepted request body.")
+    http_port: int = Field(
+        8080, ge=0, le=65535, description="HTTP (Open Inference Protocol REST) port; 0 = off."
+    )
+    grpc_port: int = Field(
+        8081, ge=0, le=65535, description="gRPC (GRPCInferenceService) port; 0 = off."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Largest accepted request body."
+    )
     repository_api: bool = Field(
         False, description="Enable /v2/repository load/unload (needs admin_token when set)."
     )
@@ -59,9 +65,11 @@ class Settings(BaseSettings):
     )
 
     # --- batching -----------------------------------------------------------------------
-    max_batch_size: int | None = Field(None, description="Override the manifest's batch size.")
+    max_batch_size: int | None = Field(
+        None, ge=1, description="Override the manifest's batch size."
+    )
     max_queue_delay_ms: float | None = Field(
-        None, description="Override how long the batcher waits to fill a batch."
+        None, ge=0, description="Override how long the batcher waits to fill a batch."
     )
     batching_policy: Literal["adaptive", "fixed_delay"] | None = Field(
         None,
@@ -71,7 +79,7 @@ class Settings(BaseSettings):
         "the batch to fill, as Triton does).",
     )
     max_queue_size: int = Field(
-        4096, description="Requests waiting per model before new ones get 503/UNAVAILABLE."
+        4096, ge=1, description="Requests waiting per model before new ones get 503/UNAVAILABLE."
     )
     inline_infer_us: float = Field(
         50.0,
@@ -83,11 +91,12 @@ class Settings(BaseSettings):
     # --- lifecycle ----------------------------------------------------------------------
     drain_grace_seconds: float = Field(
         5.0,
+        ge=0,
         description="After SIGTERM, how long new requests are still accepted (endpoints are "
         "being removed) before they get 503.",
     )
     drain_timeout_seconds: float = Field(
-        25.0, description="Longest wait for accepted work to finish after SIGTERM."
+        25.0, ge=0, description="Longest wait for accepted work to finish after SIGTERM."
     )
 
     # --- accelerators -------------------------------------------------------------------
@@ -99,15 +108,31 @@ class Settings(BaseSettings):
         "intra_op_num_threads); unset = the framework's default (all cores).",
     )
     memory_fraction: float = Field(
-        0.9, description="Share of the device's free memory this process may use (time-slicing)."
+        0.9,
+        gt=0,
+        le=1,
+        description="Share of the device's free memory this process may use (time-slicing).",
+    )
+
+    # --- pull (the init container) -------------------------------------------------------
+    pull_concurrency: int = Field(8, ge=1, description="`podserve pull`: parallel requests.")
+    pull_part_size_mb: int = Field(
+        32, ge=1, description="`podserve pull`: byte-range part size in MiB."
+    )
+    s3_credentials_dir: Path | None = Field(
+        None,
+        description="`pull`/`push`: a directory holding AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY files (a mounted Kubernetes Secret); else the AWS chain.",
     )
 
     # --- queue worker -------------------------------------------------------------------
     amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
     queue: str | None = Field(None, description="Consume v2 requests from this queue.")
     dead_letter_queue: str | None = Field(None, description="Defaults to '<queue>.dlq'.")
-    delivery_limit: int = Field(3, description="Deliveries before a message is dead-lettered.")
-    prefetch: int | None = Field(None, description="Defaults to 2 x the model's batch size.")
+    delivery_limit: int = Field(
+        3, ge=1, description="Deliveries before a message is dead-lettered."
+    )
+    prefetch: int | None = Field(None, ge=1, description="Defaults to 2 x the model's batch size.")
     dead_letter_exchange: str | None = Field(None, description="Defaults to '<queue>.dlx'.")
     results_exchange: str | None = Field(
         None,
@@ -138,15 +163,31 @@ class Settings(BaseSettings):
         4, ge=1, description="Micro-batches in flight through the stages at once (1 = sequential)."
     )
     pipeline_wait_seconds: float = Field(
-        600.0, description="How long the entry waits at start-up for every stage to be ready."
+        600.0, gt=0, description="How long the entry waits at start-up for every stage to be ready."
     )
     pipeline_timeout_seconds: float = Field(
-        60.0, description="Deadline of one call from the entry to a stage."
+        60.0, gt=0, description="Deadline of one call from the entry to a stage."
     )
 
     # --- logs ---------------------------------------------------------------------------
-    log_level: str = Field("INFO", description="Python logging level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Python logging level."
+    )
     log_format: Literal["json", "text"] = Field("text", description="json for log collectors.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: list[str]) -> list[str]:
+        from podserve.storage.names import parse_model_ref
+
+        for ref in value:
+            parse_model_ref(ref)
+        return value
 
     @field_validator("pipeline_stages", mode="before")
     @classmethod

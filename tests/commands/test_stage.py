@@ -44,8 +44,8 @@ def test_stage_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     capsys.readouterr()
     assert main(["verify", str(tmp_path / "root")]) == 0
     out = capsys.readouterr().out
-    assert "ok      m/3: manifest (runtime onnx), 1 files, 0.0 MB, BLAKE3 digests checked" in out
-    assert main(["verify", str(tmp_path / "root"), "m/3", "--sha256"]) == 0
+    assert "ok      m:3: manifest (runtime onnx), 1 files, 0.0 MB, BLAKE3 digests checked" in out
+    assert main(["verify", str(tmp_path / "root"), "m:3", "--sha256"]) == 0
     assert "SHA-256 digests checked" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "root"), "m", "--size-only"]) == 0
     assert "sizes only (digests NOT checked)" in capsys.readouterr().out

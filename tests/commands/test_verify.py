@@ -18,7 +18,7 @@ def test_verify_exits_nonzero_with_the_reason(staged: Path) -> None:
         text=True,
     )
     assert proc.returncode == 4
-    assert f"FAILED  ident/1: {weights}: BLAKE3 checksum mismatch" in proc.stderr
+    assert f"FAILED  ident:1: {weights}: BLAKE3 checksum mismatch" in proc.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "podserve", "verify", str(staged / "nope")],
         capture_output=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,9 +17,8 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--credentials-dir",
         type=Path,
-        default=os.environ.get("PODSERVE_S3_CREDENTIALS_DIR"),
         help="directory with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY files, as a mounted "
-        "Kubernetes Secret (env PODSERVE_S3_CREDENTIALS_DIR)",
+        "Kubernetes Secret (PODSERVE_S3_CREDENTIALS_DIR)",
     )
     p.add_argument("--anonymous", action="store_true", help="unsigned requests (public buckets)")
     p.add_argument(
@@ -31,18 +29,25 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value and value.isdigit() else default
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def source_options(args: argparse.Namespace) -> Any:
+    from podserve.settings import Settings
     from podserve.storage.sources.base import SourceOptions
 
     return SourceOptions(
         endpoint_url=args.endpoint_url,
         region=args.region,
-        credentials_dir=args.credentials_dir,
+        credentials_dir=args.credentials_dir or Settings().s3_credentials_dir,
         anonymous=args.anonymous,
     )
 

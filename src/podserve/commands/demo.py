@@ -31,7 +31,16 @@ def _demo(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     dest = stage_demo(root)
     print(f"staged the demo model in {dest}")
-    print(f"serving on http://127.0.0.1:{settings.http_port} (gRPC :{settings.grpc_port}); try:")
+    print(
+        f"serving HTTP on {settings.host}:{settings.http_port} and gRPC on "
+        f"{settings.host}:{settings.grpc_port}"
+        + (
+            " (every interface; --host 127.0.0.1 for this machine only)"
+            if settings.host == "0.0.0.0"
+            else ""
+        )
+        + "; try:"
+    )
     print(
         f"  curl -s localhost:{settings.http_port}/v2/models/{DEMO_MODEL}/infer -d "
         '\'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES",'

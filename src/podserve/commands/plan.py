@@ -16,6 +16,24 @@ from podserve.commands import Subparsers
 from podserve.errors import ConfigurationError
 
 RESULTS = Path("benchmarks/results")
+_CHECKOUT_RESULTS = Path(__file__).resolve().parents[3] / RESULTS
+_DESCRIPTION = (
+    "Simulate KEDA and the HorizontalPodAutoscaler scaling the queue worker on a traffic "
+    "trace. Without --p99-goal it simulates the ScaledObject settings given by the flags; "
+    "with it, it searches a grid of settings and prints the cheapest ScaledObject whose "
+    "simulated p99 wait meets the goal. The replica's throughput and start-up time come from "
+    "--throughput/--ready-s, or from the benchmark result files (benchmarks/results/ of the "
+    "current directory or of this podserve checkout)."
+)
+
+
+def _results_file(*names: str) -> Path | None:
+    """The first of ``names`` under ./benchmarks/results, else under this checkout's."""
+    for folder in (RESULTS, _CHECKOUT_RESULTS):
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    return None
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -30,7 +48,7 @@ def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "plan",
         help="simulate KEDA autoscaling on a traffic trace and recommend a ScaledObject",
-        description=__doc__,
+        description=_DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     t = p.add_argument_group("traffic")
@@ -46,12 +64,16 @@ def register(sub: Subparsers) -> None:
     m.add_argument("--schedule-s", type=float, default=5.0, help="pod scheduling delay")
     m.add_argument("--image-pull-s", type=float, default=0.0, help="image pull (0: cached)")
     s = p.add_argument_group("ScaledObject settings (the simulated ones, or the search's base)")
-    s.add_argument("--min-replicas", type=int, default=0)
-    s.add_argument("--max-replicas", type=int, default=20)
+    s.add_argument(
+        "--min-replicas", type=int, default=0, help="minReplicaCount (0 = scale to zero)"
+    )
+    s.add_argument("--max-replicas", type=int, default=20, help="maxReplicaCount")
     s.add_argument("--target", type=float, default=20.0, help="trigger value: messages/replica")
     s.add_argument("--activation", type=float, default=0.0, help="activationValue")
-    s.add_argument("--polling-interval", type=int, default=30)
-    s.add_argument("--cooldown-period", type=int, default=300)
+    s.add_argument("--polling-interval", type=int, default=30, help="KEDA pollingInterval, s")
+    s.add_argument(
+        "--cooldown-period", type=int, default=300, help="KEDA cooldownPeriod (to zero), s"
+    )
     s.add_argument("--scale-down-window", type=int, default=300, help="stabilisation, s")
     s.add_argument("--scale-up-window", type=int, default=0, help="stabilisation, s")
     s.add_argument("--hpa-sync-s", type=float, default=15.0, help="HPA controller sync period")
@@ -59,11 +81,22 @@ def register(sub: Subparsers) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--p99-goal", type=float, help="search the cheapest settings meeting this p99")
     g.add_argument("--search-targets", type=_floats, default=(), help="default: from throughput")
-    g.add_argument("--search-min-replicas", type=_ints, default=(0, 1))
-    g.add_argument("--search-polling", type=_ints, default=(15,))
-    g.add_argument("--search-cooldown", type=_ints, default=(60, 300))
-    g.add_argument("--search-down-window", type=_ints, default=(60, 300))
-    g.add_argument("--search-activation", type=_floats, default=(0.0,))
+    g.add_argument(
+        "--search-min-replicas", type=_ints, default=(0, 1), help="minReplicaCount values, e.g. 0,1"
+    )
+    g.add_argument("--search-polling", type=_ints, default=(15,), help="pollingInterval values, s")
+    g.add_argument(
+        "--search-cooldown", type=_ints, default=(60, 300), help="cooldownPeriod values, s"
+    )
+    g.add_argument(
+        "--search-down-window",
+        type=_ints,
+        default=(60, 300),
+        help="scale-down stabilisation windows, s",
+    )
+    g.add_argument(
+        "--search-activation", type=_floats, default=(0.0,), help="activationValue values"
+    )
     o = p.add_argument_group("output")
     o.add_argument("--price-per-hour", type=float, default=1.0, help="cost of one replica-hour")
     o.add_argument("--plot", type=Path, help="write the PNG here")
@@ -84,18 +117,21 @@ def _model(args: argparse.Namespace) -> Any:
     if args.throughput:
         throughput = meas.parse_throughput(args.throughput)
     else:
-        path = args.throughput_json or next(
-            (RESULTS / n for n in ("queue.json", "serve.json") if (RESULTS / n).is_file()), None
-        )
+        path = args.throughput_json or _results_file("queue.json", "serve.json")
         if path is None:
-            raise ConfigurationError(f"no {RESULTS}/queue.json or serve.json: pass --throughput")
+            raise ConfigurationError(
+                f"no {RESULTS}/queue.json or serve.json here: pass --throughput "
+                "(per-replica req/s by batch size, e.g. 1:20,8:90,32:150)"
+            )
         throughput = meas.load_throughput(path, args.model)
     if args.ready_s is not None:
         ready = args.ready_s
     else:
-        path = args.cold_start_json or RESULTS / "cold_start.json"
-        if not path.is_file():
-            raise ConfigurationError(f"no {path}: pass --ready-s SECONDS")
+        path = args.cold_start_json or _results_file("cold_start.json")
+        if path is None or not path.is_file():
+            raise ConfigurationError(
+                f"no {path or RESULTS / 'cold_start.json'}: pass --ready-s SECONDS"
+            )
         ready = meas.load_ready_s(path, args.model)
     return meas.ReplicaModel(throughput, ready, args.schedule_s, args.image_pull_s)
 
@@ -151,11 +187,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dt <= 0:
         raise ConfigurationError("--dt must be > 0")
-    trace = (
-        traces.builtin(args.trace, args.dt, args.seed)
-        if args.trace in traces.BUILTIN
-        else traces.read_csv(Path(args.trace), args.dt, args.seed)
-    )
+    if args.trace in traces.BUILTIN:
+        trace = traces.builtin(args.trace, args.dt, args.seed)
+    elif Path(args.trace).is_file():
+        trace = traces.read_csv(Path(args.trace), args.dt, args.seed)
+    else:
+        raise ConfigurationError(
+            f"unknown trace {args.trace!r}: use a built-in trace ("
+            + ", ".join(sorted(traces.BUILTIN))
+            + ") or the path of a CSV file of 'seconds,requests per second' rows"
+        )
     model = _model(args)
     base = _settings(args)
     base.check()

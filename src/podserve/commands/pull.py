@@ -14,13 +14,10 @@ from pathlib import Path
 from podserve.commands import Subparsers
 from podserve.commands._transfer import (
     add_source_flags,
-    env_int,
     make_reporter,
+    positive_int,
     source_options,
 )
-
-DEFAULT_CONCURRENCY = 8
-DEFAULT_PART_MB = 32
 
 
 def register(sub: Subparsers) -> None:
@@ -35,15 +32,13 @@ def register(sub: Subparsers) -> None:
     p.add_argument("dest", metavar="ROOT/NAME/VERSION", type=Path)
     p.add_argument(
         "--concurrency",
-        type=int,
-        default=env_int("PODSERVE_PULL_CONCURRENCY", DEFAULT_CONCURRENCY),
-        help="parallel requests (env PODSERVE_PULL_CONCURRENCY; default %(default)s)",
+        type=positive_int,
+        help="parallel requests (PODSERVE_PULL_CONCURRENCY; default 8)",
     )
     p.add_argument(
         "--part-size-mb",
-        type=int,
-        default=env_int("PODSERVE_PULL_PART_SIZE_MB", DEFAULT_PART_MB),
-        help="byte-range part size in MiB (env PODSERVE_PULL_PART_SIZE_MB; default %(default)s)",
+        type=positive_int,
+        help="byte-range part size in MiB (PODSERVE_PULL_PART_SIZE_MB; default 32)",
     )
     p.add_argument(
         "--sha256",
@@ -55,15 +50,14 @@ def register(sub: Subparsers) -> None:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from podserve.errors import ConfigurationError
     from podserve.settings import Settings
     from podserve.storage.archive import ArchiveLimits
     from podserve.storage.pull import pull
     from podserve.storage.sources.base import redact
 
-    if args.concurrency < 1 or args.part_size_mb < 1:
-        raise ConfigurationError("--concurrency and --part-size-mb must be at least 1")
     settings = Settings()  # type: ignore[call-arg]
+    args.concurrency = args.concurrency or settings.pull_concurrency
+    args.part_size_mb = args.part_size_mb or settings.pull_part_size_mb
     limits = ArchiveLimits(settings.archive_max_bytes, settings.archive_max_members)
     reporter = make_reporter(args.progress, "pull")
     try:

@@ -47,7 +47,13 @@ def _tensor(spec: str) -> dict[str, Any]:
     parts = spec.split(":")
     if len(parts) != 3 or not parts[0]:
         raise ConfigurationError(f"tensor {spec!r}: expected NAME:DTYPE:DIMS (DIMS like 4,384)")
-    dims = [int(d) for d in parts[2].split(",") if d.strip()]
+    try:
+        dims = [int(d) for d in parts[2].split(",") if d.strip()]
+    except ValueError:
+        raise ConfigurationError(
+            f"tensor {spec!r}: dimensions must be integers separated by commas (-1 = any), "
+            f"got {parts[2]!r}"
+        ) from None
     return {"name": parts[0], "datatype": parts[1].upper(), "shape": dims}
 
 

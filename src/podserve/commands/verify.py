@@ -1,4 +1,4 @@
-"""``podserve verify ROOT [NAME[/VERSION]]``: check a model repository without loading it."""
+"""``podserve verify ROOT [NAME[:VERSION]]``: check a model repository without loading it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def register(sub: Subparsers) -> None:
         "reason on the first problem.",
     )
     verify.add_argument("root", help="repository root")
-    verify.add_argument("model", nargs="?", help="NAME or NAME/VERSION (default: all)")
+    verify.add_argument("model", nargs="?", help="NAME or NAME:VERSION (default: all)")
     verify.add_argument(
         "--sha256",
         action="store_true",
@@ -32,24 +32,24 @@ def register(sub: Subparsers) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     from podserve.storage.integrity import verify_digests
+    from podserve.storage.names import parse_model_ref
     from podserve.storage.repository import ModelRepository
 
     repo = ModelRepository(args.root)
     repo.check_root()
     if args.model:
-        name, _, version = args.model.partition("/")
-        targets = [(name, version or None)]
+        targets = [parse_model_ref(args.model)]
     else:
         targets = [(name, None) for name in repo.models()]
         if not targets:
             raise ConfigurationError(f"no models under {args.root}")
     failed = 0
     for name, version in targets:
-        label = f"{name}/{version or 'latest'}"
+        label = f"{name}:{version or 'latest'}"
         try:
             started = time.perf_counter()
             mv = repo.open(name, version)
-            label = f"{name}/{mv.version}"
+            label = f"{name}:{mv.version}"
             n, total = len(mv.listing.files), mv.listing.total_bytes
             if args.size_only:
                 how = "sizes only (digests NOT checked)"

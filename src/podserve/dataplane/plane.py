@@ -61,7 +61,9 @@ class DataPlane:
     def _set_model_state(self, served: ServedModel, state: str, reason: str = "") -> None:
         served.state, served.reason = state, reason
         metrics.set_state(metrics.MODEL_STATE, state, model=served.name)
-        log.info("model %s: %s%s", served.name, state, f" ({reason})" if reason else "")
+        # A model that failed to load is an error a log-based alert must see.
+        level = logging.ERROR if state == "failed" else logging.INFO
+        log.log(level, "model %s: %s%s", served.name, state, f" ({reason})" if reason else "")
         for listener in self._listeners:
             listener(served.name, state)
 

@@ -25,6 +25,7 @@ def check_inputs(manifest: Manifest, request: InferRequest) -> dict[str, np.ndar
     batched = manifest.max_batch_size > 0
     out: dict[str, np.ndarray] = {}
     rows: int | None = None
+    first = ""
     for spec in manifest.inputs:
         tensor = given.get(spec.name)
         if tensor is None:
@@ -48,9 +49,12 @@ def check_inputs(manifest: Manifest, request: InferRequest) -> dict[str, np.ndar
             if shape[0] == 0:
                 raise InvalidRequestError(f"input '{spec.name}': empty batch")
             if rows is None:
-                rows = shape[0]
+                rows, first = shape[0], spec.name
             elif shape[0] != rows:
-                raise InvalidRequestError("inputs disagree on the batch size")
+                raise InvalidRequestError(
+                    f"inputs disagree on the batch size: '{first}' has {rows} rows, "
+                    f"'{spec.name}' has {shape[0]}"
+                )
         out[spec.name] = tensor.data
     return out
 

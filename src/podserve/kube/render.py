@@ -58,6 +58,19 @@ class Storage(BaseModel):
     secret: str = Field("podserve-s3", description="Secret with AWS_* (or other) credentials.")
     cache_size: str = Field("5Gi", description="emptyDir size the pull writes into.")
 
+    @field_validator("source")
+    @classmethod
+    def _source_scheme(cls, value: str | None) -> str | None:
+        from podserve.storage.sources.base import REMOTE_SCHEMES
+
+        scheme = value.partition("://")[0].lower() if value and "://" in value else ""
+        if value is not None and scheme not in REMOTE_SCHEMES:
+            raise ValueError(
+                f"source {value!r} must be a URI `podserve pull` reads: "
+                + ", ".join(f"{s}://" for s in REMOTE_SCHEMES)
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_kind(self) -> Storage:
         if (self.pvc is None) == (self.source is None):
@@ -89,6 +102,18 @@ class RenderConfig(BaseModel):
             raise ValueError(f"{value!r} must be a lowercase DNS label of at most 40 characters")
         return value
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: object) -> str:
+        # The same rule `serve` and `pull` apply: a pod given anything else fails at start.
+        from podserve.errors import InvalidNameError
+        from podserve.storage.names import check_version
+
+        try:
+            return check_version(str(value))
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("gpu")
     @classmethod
     def _gpu_kind(cls, value: str) -> str:
@@ -106,7 +131,12 @@ def load_config(path: Path) -> RenderConfig:
     try:
         return RenderConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigurationError(f"{path}: {exc}") from exc
+        problems = [
+            f"invalid field '{'.'.join(str(p) for p in e['loc']) or '(top level)'}': "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        ]
+        raise ConfigurationError(f"{path}: {'; '.join(problems)}") from None
 
 
 def render(config: RenderConfig) -> list[Obj]:

@@ -39,3 +39,16 @@ def check_relative_path(path: str) -> str:
     ):
         raise InvalidNameError(f"invalid file path {path!r}: must be relative and stay inside")
     return path
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME:VERSION``: the one way every command and setting names a model."""
+    name, sep, version = ref.partition(":")
+    if "/" in name:
+        raise InvalidNameError(
+            f"invalid model reference {ref!r}: write NAME or NAME:VERSION (e.g. minilm:1)"
+        )
+    check_model_name(name)
+    if sep and not version:
+        raise InvalidNameError(f"invalid model reference {ref!r}: the version after ':' is empty")
+    return name, (check_version(version) if version else None)

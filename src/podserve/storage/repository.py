@@ -18,6 +18,7 @@ from podserve.errors import (
 from podserve.storage.integrity import Algorithm, Listing, check_listing, verify_digests
 from podserve.storage.manifest import Manifest, load_manifest
 from podserve.storage.names import check_model_name, check_version
+from podserve.storage.names import parse_model_ref as parse_model_ref  # re-exported
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,3 @@ def _valid_model(name: str) -> bool:
     except Exception:
         return False
     return True
-
-
-def parse_model_ref(ref: str) -> tuple[str, str | None]:
-    """``NAME`` or ``NAME:VERSION`` (as given to --model)."""
-    name, _, version = ref.partition(":")
-    check_model_name(name)
-    return name, (check_version(version) if version else None)

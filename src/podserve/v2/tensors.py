@@ -40,6 +40,13 @@ def tensor_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any
     count = element_count(shape)
     if not isinstance(data, list):
         data = [data]
+    if data and isinstance(data[0], list):
+        # Flat data is always allowed; nested data must be nested as the declared shape.
+        nested = _nested_shape(name, data)
+        if nested != tuple(shape):
+            raise InvalidRequestError(
+                f"input '{name}': data is nested as {list(nested)}, but the shape is {list(shape)}"
+            )
     if datatype == "BYTES":
         flat = _flatten(data)
         items = []
@@ -68,6 +75,29 @@ def tensor_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any
             f"input '{name}': shape {list(shape)} needs {count} elements, data has {arr.size}"
         )
     return arr.reshape(shape)
+
+
+def _nested_shape(name: str, data: list[Any]) -> tuple[int, ...]:
+    """The shape of a nested JSON list; ragged nesting is an error."""
+    shape: list[int] = []
+    level: list[Any] = data
+    while isinstance(level, list):
+        shape.append(len(level))
+        level = level[0] if level else None
+    depth = len(shape)
+
+    def check(node: Any, d: int) -> None:
+        if d == depth:
+            if isinstance(node, list):
+                raise InvalidRequestError(f"input '{name}': data is nested unevenly")
+            return
+        if not isinstance(node, list) or len(node) != shape[d]:
+            raise InvalidRequestError(f"input '{name}': data is nested unevenly")
+        for child in node:
+            check(child, d + 1)
+
+    check(data, 0)
+    return tuple(shape)
 
 
 def _flatten(data: list[Any]) -> list[Any]:

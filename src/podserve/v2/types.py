@@ -100,6 +100,10 @@ class InferRequest:
             raise InvalidRequestError(
                 "parameter 'timeout' must be a number (microseconds)"
             ) from None
+        if timeout_us < 0 or timeout_us != timeout_us:
+            raise InvalidRequestError(
+                f"parameter 'timeout' must be >= 0 microseconds (0 = none), got {value!r}"
+            )
         return timeout_us / 1e6 if timeout_us > 0 else None
 
     @property

@@ -155,6 +155,45 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
         "timeout",
     ),
     (
+        "negative-timeout",
+        "identity",
+        json.dumps({"inputs": [_tensor()], "parameters": {"timeout": -5}}).encode(),
+        {},
+        400,
+        "must be >= 0 microseconds",
+    ),
+    (
+        "nested-unlike-shape",
+        "identity",
+        json.dumps({"inputs": [_tensor(data=[X[:192], X[192:]])]}).encode(),
+        {},
+        400,
+        "nested as [2, 192], but the shape is [1, 384]",
+    ),
+    (
+        "nested-unevenly",
+        "identity",
+        json.dumps({"inputs": [_tensor(data=[X[:-1], [0.5]])]}).encode(),
+        {},
+        400,
+        "nested unevenly",
+    ),
+    (
+        "batch-sizes-disagree",
+        "add_sub",
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+                    {"name": "INPUT1", "datatype": "INT32", "shape": [2, 16], "data": [1] * 32},
+                ]
+            }
+        ).encode(),
+        {},
+        400,
+        "'INPUT0' has 1 rows, 'INPUT1' has 2",
+    ),
+    (
         "unknown-model",
         "nope",
         json.dumps({"inputs": [_tensor()]}).encode(),

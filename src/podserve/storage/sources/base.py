@@ -89,6 +89,9 @@ _BACKENDS = {
     "": "podserve.storage.sources.local:LocalSource",
 }
 
+REMOTE_SCHEMES = tuple(sorted(k for k in _BACKENDS if k not in ("file", "")))
+"""URI schemes an init container can pull from (a pod has no local path to copy)."""
+
 
 def open_source(uri: str, options: SourceOptions | None = None) -> Source:
     """The backend for a URI: ``s3://``, ``gs://``, ``http(s)://``, ``file://`` or a path."""
