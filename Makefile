@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format typecheck docs clean install-demo install-dev
+.PHONY: services demo test lint format typecheck docs clean install-demo install-dev
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ demo: install-demo
 	$(BIN)/podserve demo --root models
 
 ## test: install the dev dependencies, lint, and run the whole test suite
-test: install-dev
+## services: RabbitMQ on 127.0.0.1:5672 for the queue tests (started if installed but stopped)
+services:
+	@scripts/ensure-rabbitmq.sh
+
+test: services install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
