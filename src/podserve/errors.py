@@ -168,6 +168,12 @@ class StageUnavailableError(PodserveError):
     retryable = True
 
 
+class RankUnavailableError(StageUnavailableError):
+    """A rank of a tensor-parallel group is missing or gone; the message names it."""
+
+    exit_code = 8
+
+
 class TransferError(PodserveError):
     http_status = 502
     grpc_code = "UNAVAILABLE"

@@ -169,6 +169,34 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Deadline of one call from the entry to a stage."
     )
 
+    # --- tensor parallelism -------------------------------------------------------------
+    tp_rank: str | None = Field(
+        None,
+        description="Serve tensor-parallel rank R/K of a model (0 serves users; 'lws' reads "
+        "LWS_WORKER_INDEX/LWS_GROUP_SIZE).",
+    )
+    tensor_parallel: Path | None = Field(
+        None, description="Tensor-parallel manifest written by `podserve split --tp K`."
+    )
+    tensor_parallel_manifest: str | None = Field(
+        None, description="The tensor-parallel manifest's YAML itself (e.g. from a ConfigMap)."
+    )
+    tp_leader: str | None = Field(
+        None,
+        description="Address of rank 0 for ranks 1..K-1 (a headless Service name); unset = "
+        "LWS_LEADER_ADDRESS.",
+    )
+    tp_port: int = Field(29500, description="Port of rank 0's rendezvous store.")
+    tp_wait_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="How long the ranks wait for each other (join, load) before naming the "
+        "missing rank and failing.",
+    )
+    tp_timeout_seconds: float = Field(
+        30.0, gt=0, description="Timeout of every collective operation between the ranks."
+    )
+
     # --- logs ---------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Python logging level."

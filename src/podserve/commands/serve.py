@@ -44,6 +44,7 @@ def add_serving_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", help="also consume v2 requests from this RabbitMQ queue")
     p.add_argument("--amqp-url", help="RabbitMQ URL (PODSERVE_AMQP_URL)")
     p.add_argument("--stage", help="serve pipeline stage I/K of a split model")
+    p.add_argument("--tp-rank", help="serve tensor-parallel rank R/K (0 serves users)")
     p.add_argument(
         "--repository-api",
         action="store_true",
@@ -67,6 +68,7 @@ _FLAG_FIELDS = (
     "queue",
     "amqp_url",
     "stage",
+    "tp_rank",
     "repository_api",
     "log_format",
     "log_level",
@@ -90,6 +92,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     logs.configure(settings.log_level, settings.log_format)
+    if settings.tp_rank:
+        from podserve.tensor_parallel.worker import run_tensor_parallel
+
+        return run_tensor_parallel(settings)
     if settings.stage:
         from podserve.pipeline.stage_server import run_stage
 

@@ -75,7 +75,7 @@ def split_model(
 ) -> Pipeline:
     """Plan ``k`` stages of a model version; reads (and verifies) its weights once."""
     mv = ModelRepository(root).open(name, version)
-    config = _config(mv)
+    config = read_config(mv)
     arch = find_architecture(config)
     if arch is None:
         raise ManifestError(
@@ -84,8 +84,8 @@ def split_model(
         )
     num_layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
     hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
-    files = _weight_files(mv)
-    with _Mapped(mv, files) as mapped:
+    files = weight_files(mv)
+    with MappedWeights(mv, files) as mapped:
         where = {n: f for f, h in mapped.headers.items() for n in h.tensors}
         sizes = _part_sizes(arch, mapped.headers, num_layers)
         costs = [float(b) for b in sizes["layers"]]
@@ -114,7 +114,7 @@ def split_model(
                     blake3=hasher.hexdigest(),
                 )
             )
-        weight_files = {
+        file_specs = {
             f: WeightFile(
                 size=mv.listing.files[f].size,
                 sha256=mv.listing.files[f].sha256,
@@ -131,12 +131,12 @@ def split_model(
         hidden_size=hidden,
         balance=by,
         activations=activations,  # type: ignore[arg-type]
-        files=weight_files,
+        files=file_specs,
         stages=tuple(stages),
     )
 
 
-def _config(mv: ModelVersion) -> dict[str, Any]:
+def read_config(mv: ModelVersion) -> dict[str, Any]:
     path = mv.path / "config.json"
     if "config.json" not in mv.listing.files:
         raise ManifestError(f"{path}: missing; only Hugging Face model directories can be split")
@@ -150,7 +150,7 @@ def _config(mv: ModelVersion) -> dict[str, Any]:
     return config
 
 
-def _weight_files(mv: ModelVersion) -> list[str]:
+def weight_files(mv: ModelVersion) -> list[str]:
     if SAFETENSORS_INDEX in mv.listing.files:
         index = json.loads((mv.path / SAFETENSORS_INDEX).read_bytes())
         return sorted(set((index.get("weight_map") or {}).values()))
@@ -159,7 +159,7 @@ def _weight_files(mv: ModelVersion) -> list[str]:
     raise ManifestError(f"{mv.path}: no {SAFETENSORS}; only safetensors weights can be split")
 
 
-class _Mapped:
+class MappedWeights:
     """Every weight file memory-mapped read-only and verified against SHA256SUMS/BLAKE3."""
 
     def __init__(self, mv: ModelVersion, files: list[str]) -> None:
@@ -168,7 +168,7 @@ class _Mapped:
         self.headers: dict[str, SafetensorsHeader] = {}
         self._maps: list[mmap.mmap] = []
 
-    def __enter__(self) -> _Mapped:
+    def __enter__(self) -> MappedWeights:
         for name in self.files:
             entry = self.mv.listing.files.get(name)
             path = self.mv.path / name
@@ -228,7 +228,7 @@ def _merge(spans: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
 def measure_times(
     arch: type[LayeredModel],
     config: dict[str, Any],
-    mapped: _Mapped,
+    mapped: MappedWeights,
     num_layers: int,
     *,
     batch: int = 8,

@@ -1,0 +1,197 @@
+"""Rank 0: the model users call, computed by the whole tensor-parallel group.
+
+``podserve serve ROOT --tp-rank 0/K`` serves the unsplit model under its own name and
+manifest (for MiniLM: text in, 384-d embedding out) over HTTP, gRPC and the queue, with the
+usual batcher. Its ``load`` forms the group (bounded waits naming a missing rank), reads and
+verifies its own slices, waits for every rank's report, and the data plane's warm-up then runs
+through the whole group: the model is ready only when every rank has loaded and answered.
+Each batch is tokenised here, broadcast, computed by all ranks together, and pooled here
+exactly as the transformers runtime pools (mean or CLS, optional L2 normalisation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from podserve.errors import ConfigurationError, IntegrityError, ManifestError
+from podserve.runtime.architectures import LayeredModel, find_architecture
+from podserve.runtime.loading import VersionReader
+from podserve.runtime.model import LoadReport, Model
+from podserve.runtime.text import (
+    TextEncoder,
+    check_text_input,
+    json_reader,
+    resolve_max_length,
+    texts_from,
+)
+from podserve.tensor_parallel import group
+from podserve.tensor_parallel.sharded import build_sharded
+from podserve.tensor_parallel.steps import Driver
+from podserve.tensor_parallel.weights import read_rank_weights
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from podserve.errors import RankUnavailableError
+    from podserve.settings import Settings
+    from podserve.storage.repository import ModelVersion
+    from podserve.tensor_parallel.manifest import TensorParallel
+
+log = logging.getLogger(__name__)
+
+
+def load_shards(
+    version: ModelVersion, settings: Settings, plan: TensorParallel, rank: int, report: LoadReport
+) -> LayeredModel:
+    """Read, verify and assemble rank ``rank``'s slices (shared by every rank)."""
+    if (version.name, version.version) != (plan.model, plan.version):
+        raise ConfigurationError(
+            f"the tensor-parallel manifest is for {plan.model} version {plan.version}, not "
+            f"{version.name} version {version.version}"
+        )
+    if settings.intra_op_threads:
+        torch.set_num_threads(settings.intra_op_threads)
+    reader = VersionReader(version, settings, report)
+    if not reader.has("config.json"):
+        raise ManifestError(f"{version.path}: config.json missing (not a HF model dir)")
+    config = json.loads(reader.small("config.json"))  # checked against SHA256SUMS
+    arch = find_architecture(config)
+    if arch is None or config.get("model_type") != plan.model_type:
+        raise ManifestError(
+            f"{version.path}: model_type {config.get('model_type')!r} does not match the "
+            f"tensor-parallel manifest ({plan.model_type!r}) or has no lean class"
+        )
+    verify = settings.verify == "full" and version.manifest.verify == "full"
+    weights = read_rank_weights(version, plan, rank, verify=verify)
+    model = build_sharded(arch, config, weights.tensors, str(version.path))
+    report.bytes_read += weights.bytes_read
+    report.verified = weights.verified
+    report.details.update(
+        {
+            "tp_rank": f"{rank}/{plan.k}",
+            "weight_bytes": plan.ranks[rank].bytes,
+            "tensors": len(weights.tensors),
+        }
+    )
+    return model
+
+
+class TensorParallelModel(Model):
+    """Text in, embedding out; the encoder runs split over the group's K ranks."""
+
+    def __init__(
+        self,
+        version: ModelVersion,
+        settings: Settings,
+        plan: TensorParallel,
+        on_failure: Callable[[RankUnavailableError], None] | None = None,
+    ) -> None:
+        super().__init__(version, settings)
+        self.plan = plan
+        self._on_failure = on_failure or (lambda error: None)
+        self.driver: Driver | None = None
+
+    def load(self) -> None:
+        s, plan = self.settings, self.plan
+        started = time.perf_counter()
+        opts = self.manifest.options
+        if opts.get("task", "embedding") != "embedding":
+            raise ManifestError(f"{self.version.path}: tensor parallelism serves task 'embedding'")
+        self._text = self.inputs[0]
+        check_text_input(self._text)
+        self._pooling = opts.get("pooling", "mean")
+        if self._pooling not in ("mean", "cls"):
+            raise ManifestError("invalid field 'options.pooling': mean or cls")
+        self._normalize = bool(opts.get("normalize", False))
+        for name, spec in plan.files.items():
+            entry = self.version.listing.files.get(name)
+            if entry is None or entry.sha256 != spec.sha256:
+                raise IntegrityError(
+                    f"{self.version.path / name}: not the file the manifest was split from; "
+                    "run `podserve split --tp` again"
+                )
+        deadline = time.monotonic() + s.tp_wait_seconds
+        where = f"port {s.tp_port}"
+        self.store = group.open_store(0, "", s.tp_port, s.tp_wait_seconds, s.tp_timeout_seconds)
+        log.info("tensor-parallel rank 0/%d: waiting for ranks 1..%d on %s", plan.k, plan.k - 1,
+                 where)  # fmt: skip
+        group.wait_for(self.store, plan.k, "join", deadline, where)
+        self._model = load_shards(self.version, s, plan, 0, self.report)
+        reader = VersionReader(self.version, s, self.report)
+        tokenizer = opts.get("tokenizer", "tokenizer.json")
+        if not reader.has(tokenizer):
+            raise ManifestError(f"invalid field 'options.tokenizer': {tokenizer} not found")
+        self._tokenizer = TextEncoder(
+            reader.small(tokenizer),
+            resolve_max_length(opts, json_reader(reader.has, reader.small)),
+            str(self.version.path / tokenizer),
+        )
+        group.wait_for(self.store, plan.k, "loaded", deadline, where)
+        reports = group.loaded_reports(self.store, plan.k)
+        pg = group.form(self.store, 0, plan.k, s.tp_timeout_seconds)
+        self.store.set("formed", "1")
+        self.driver = Driver(pg, self.store, self._model, plan.k, self._on_failure)
+        self.driver.start()
+        self.report.seconds = time.perf_counter() - started
+        details: dict[str, Any] = {"tp_ranks": plan.k, "bytes_read": self.report.bytes_read}
+        for r, rep in reports.items():
+            details[f"rank{r}_bytes_read"] = rep["bytes_read"]
+            details[f"rank{r}_weight_bytes"] = rep["weight_bytes"]
+        self.report.details.update(details)
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.driver is not None, "load() first"
+        texts, lead = texts_from(inputs[self._text.name], self._text)
+        out_name = self.outputs[0].name
+        if not texts:
+            return {out_name: np.zeros((*lead, *self.outputs[0].shape), np.float32)}
+        enc = {k: torch.from_numpy(v) for k, v in self._tokenizer.encode(texts).items()}
+        hidden = self.driver.run(enc)
+        mask = enc["attention_mask"]
+        with torch.inference_mode():
+            if self._pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+            if self._normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+        out = pooled.float().numpy()
+        return {out_name: out.reshape(*lead, out.shape[-1])}
+
+    def unload(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()
+            self.driver = None
+
+
+async def serve_leader(settings: Settings, plan: TensorParallel) -> int:
+    """Serve rank 0 until SIGTERM; its data-plane state follows the group's health."""
+    from podserve.lifecycle import Server
+
+    loop = asyncio.get_running_loop()
+    settings = settings.model_copy(update={"models": [f"{plan.model}:{plan.version}"]})
+
+    def on_failure(error: RankUnavailableError) -> None:
+        loop.call_soon_threadsafe(server.dataplane.set_unavailable, plan.model, error)
+
+    def factory(version: ModelVersion, s: Settings) -> Model:
+        return TensorParallelModel(version, s, plan, on_failure)
+
+    server = Server(settings, factory=factory)
+    dataplane = server.dataplane
+
+    def on_state(model: str, state: str) -> None:
+        served = dataplane.models.get(model)
+        if state == "ready" and served is not None and served.model is not None:
+            served.extra_metadata.update(served.model.report.details)
+
+    dataplane.on_state_change(on_state)
+    return await server.run()

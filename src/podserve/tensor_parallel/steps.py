@@ -1,0 +1,172 @@
+"""The steps the ranks take together, and the leader's watch over them.
+
+Every step starts with a header the leader broadcasts, ``[op, batch, seq, has_types]``:
+
+* ``RUN``: the leader broadcasts the token tensors; every rank runs
+  :func:`~podserve.tensor_parallel.sharded.sharded_forward` (two all-reduces per layer);
+* ``PING``: a one-element all-reduce, sent when the group has been idle for a second, so a
+  dead rank is noticed without a request and no rank waits on a collective for long;
+* ``STOP``: the ranks > 0 exit 0 (the leader is shutting down).
+
+Every collective is bounded by the process group's timeout; a rank that dies closes its
+sockets, so the leader's next step fails at once. The leader then names the rank (the one
+whose heartbeat stopped), marks the group broken — requests fail with 503/UNAVAILABLE naming
+it — and reports it, so the data plane takes the model out of readiness.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from podserve.errors import RankUnavailableError
+from podserve.tensor_parallel.group import stalled_ranks
+from podserve.tensor_parallel.sharded import sharded_forward
+
+if TYPE_CHECKING:
+    import torch.distributed as dist
+
+    from podserve.runtime.architectures import LayeredModel
+
+log = logging.getLogger(__name__)
+
+RUN, PING, STOP = 1, 2, 3
+IDLE_PING_SECONDS = 1.0
+
+
+def _reducer(pg: dist.ProcessGroup) -> Callable[[torch.Tensor], torch.Tensor]:
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        t = t.contiguous()
+        pg.allreduce([t]).wait()
+        return t
+
+    return reduce
+
+
+def _run_step(
+    pg: dist.ProcessGroup,
+    model: LayeredModel,
+    k: int,
+    tensors: list[torch.Tensor],
+) -> torch.Tensor:
+    ids, mask, *types = tensors
+    for t in tensors:
+        pg.broadcast([t]).wait()
+    with torch.inference_mode():
+        return sharded_forward(model, _reducer(pg), k, ids, mask, types[0] if types else None)
+
+
+class Driver:
+    """Rank 0: runs each batch through the group, pings it when idle, notices failures."""
+
+    def __init__(
+        self,
+        pg: dist.ProcessGroup,
+        store: dist.TCPStore,
+        model: LayeredModel,
+        k: int,
+        on_failure: Callable[[RankUnavailableError], None],
+    ) -> None:
+        self.pg, self.store, self.model, self.k = pg, store, model, k
+        self.broken: RankUnavailableError | None = None
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="podserve-tp-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def run(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """HF's last hidden state of one tokenised batch, computed by the whole group."""
+        if self.broken is not None:
+            raise self.broken
+        ids, mask = enc["input_ids"].contiguous(), enc["attention_mask"].contiguous()
+        types = enc.get("token_type_ids")
+        tensors = [ids, mask] + ([types.contiguous()] if types is not None else [])
+        header = torch.tensor([RUN, *ids.shape, int(types is not None)], dtype=torch.int64)
+        with self._lock:
+            try:
+                self.pg.broadcast([header]).wait()
+                return _run_step(self.pg, self.model, self.k, tensors)
+            except RuntimeError as exc:
+                raise self._fail(exc) from None
+            finally:
+                self._last = time.monotonic()
+
+    def _ping(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a batch is running: that is a check of its own
+        try:
+            self.pg.broadcast([torch.tensor([PING, 0, 0, 0])]).wait()
+            self.pg.allreduce([torch.ones(1)]).wait()
+        except RuntimeError as exc:
+            self._fail(exc)
+        finally:
+            self._last = time.monotonic()
+            self._lock.release()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2) and self.broken is None:
+            if time.monotonic() - self._last >= IDLE_PING_SECONDS:
+                self._ping()
+
+    def _fail(self, exc: RuntimeError) -> RankUnavailableError:
+        if self.broken is not None:
+            return self.broken
+        cause = _cause(exc)
+        try:
+            ranks = stalled_ranks(self.store, self.k, window=1.5)
+        except (RuntimeError, OSError):
+            ranks = []
+        who = ", ".join(f"{r}/{self.k}" for r in ranks) or f"(one of 1..{self.k - 1})"
+        error = RankUnavailableError(
+            f"tensor-parallel rank {who} is unavailable ({cause}); the group must be "
+            "restarted (a LeaderWorkerSet recreates it by itself)"
+        )
+        self.broken = error
+        log.error("%s", error.message)
+        self._on_failure(error)
+        return error
+
+    def stop(self) -> None:
+        """Tell the other ranks to exit (best effort) and stop watching."""
+        self._stop.set()
+        if self.broken is None and self._lock.acquire(timeout=5):
+            try:
+                self.pg.broadcast([torch.tensor([STOP, 0, 0, 0])]).wait()
+            except RuntimeError:
+                pass
+            finally:
+                self._lock.release()
+
+
+def _cause(exc: BaseException) -> str:
+    """gloo's message without its source location and advice: "Read error …: Connection reset"."""
+    text = (str(exc).strip().splitlines() or ["collective failed"])[0]
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text)
+    return text.split(". This is typically", 1)[0].rstrip(".")
+
+
+def follow(pg: dist.ProcessGroup, model: LayeredModel, k: int) -> None:
+    """Ranks > 0: take part in the leader's steps until it says STOP."""
+    while True:
+        header = torch.zeros(4, dtype=torch.int64)
+        pg.broadcast([header]).wait()
+        op, b, s, has_types = (int(v) for v in header.tolist())
+        if op == STOP:
+            return
+        if op == PING:
+            pg.allreduce([torch.ones(1)]).wait()
+            continue
+        if op != RUN:
+            raise RuntimeError(f"unknown step {op} from the leader")
+        n = 3 if has_types else 2
+        _run_step(pg, model, k, [torch.empty(b, s, dtype=torch.int64) for _ in range(n)])
