@@ -7,7 +7,7 @@ rank it waited for::
 
     join/<r>      a rank connected                    (leader waits PODSERVE_TP_WAIT_SECONDS)
     loaded/<r>    its slices are read and verified    ({"bytes_read": …} or {"error": …})
-    pg/…          the gloo process group is formed    (collective timeout: PODSERVE_TP_TIMEOUT_SECONDS)
+    pg/…          the gloo process group is formed    (each collective: PODSERVE_TP_TIMEOUT_SECONDS)
     formed        set by the leader; a rank that connects later is told to restart the group
     beat/<r>      a counter each rank bumps every 0.25 s (the leader reads it to name a dead rank)
 """
@@ -20,9 +20,10 @@ import os
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol, cast
 
-import torch.distributed as dist
+import torch
+from torch._C._distributed_c10d import PrefixStore, ProcessGroupGloo, TCPStore
 
 from podserve.errors import ConfigurationError, ModelDirectoryError, RankUnavailableError
 
@@ -42,10 +43,10 @@ def leader_address(configured: str | None) -> str:
     return address
 
 
-def open_store(rank: int, host: str, port: int, wait: float, timeout: float) -> dist.TCPStore:
+def open_store(rank: int, host: str, port: int, wait: float, timeout: float) -> TCPStore:
     """The leader's store (rank 0 serves it) or a connection to it (bounded by ``wait``)."""
     try:
-        store = dist.TCPStore(
+        store = TCPStore(
             "127.0.0.1" if rank == 0 else host,
             port,
             None,
@@ -66,7 +67,7 @@ def open_store(rank: int, host: str, port: int, wait: float, timeout: float) -> 
     return store
 
 
-def join(store: dist.TCPStore, rank: int, k: int) -> None:
+def join(store: TCPStore, rank: int, k: int) -> None:
     """A rank > 0 announces itself; refused when the group already formed or the rank is taken."""
     if store.check(["formed"]):
         raise RankUnavailableError(
@@ -77,7 +78,7 @@ def join(store: dist.TCPStore, rank: int, k: int) -> None:
         raise ConfigurationError(f"tensor-parallel rank {rank}/{k} joined twice: two ranks {rank}?")
 
 
-def wait_for(store: dist.TCPStore, k: int, step: str, deadline: float, where: str) -> None:
+def wait_for(store: TCPStore, k: int, step: str, deadline: float, where: str) -> None:
     """Until every rank 1..K-1 has set ``<step>/<rank>``; else name the ranks still missing."""
     keys = [f"{step}/{r}" for r in range(1, k)]
     while True:
@@ -91,11 +92,11 @@ def wait_for(store: dist.TCPStore, k: int, step: str, deadline: float, where: st
         time.sleep(0.1)
 
 
-def report_loaded(store: dist.TCPStore, rank: int, result: dict[str, Any]) -> None:
+def report_loaded(store: TCPStore, rank: int, result: dict[str, Any]) -> None:
     store.set(f"loaded/{rank}", json.dumps(result))
 
 
-def loaded_reports(store: dist.TCPStore, k: int) -> dict[int, dict[str, Any]]:
+def loaded_reports(store: TCPStore, k: int) -> dict[int, dict[str, Any]]:
     """Each rank's load report; a rank that failed raises with its own message."""
     out: dict[int, dict[str, Any]] = {}
     for r in range(1, k):
@@ -108,10 +109,22 @@ def loaded_reports(store: dist.TCPStore, k: int) -> dict[int, dict[str, Any]]:
     return out
 
 
-def form(store: dist.TCPStore, rank: int, k: int, timeout: float) -> dist.ProcessGroup:
+class Work(Protocol):
+    def wait(self) -> bool: ...
+
+
+class Collectives(Protocol):
+    """The two collectives the steps use (what a gloo or NCCL process group offers)."""
+
+    def broadcast(self, tensors: list[torch.Tensor]) -> Work: ...
+
+    def allreduce(self, tensors: list[torch.Tensor]) -> Work: ...
+
+
+def form(store: TCPStore, rank: int, k: int, timeout: float) -> Collectives:
     """The gloo process group (every collective on it is bounded by ``timeout``)."""
-    prefixed = dist.PrefixStore("pg", store)
-    return dist.ProcessGroupGloo(prefixed, rank, k, timedelta(seconds=timeout))
+    pg = ProcessGroupGloo(PrefixStore("pg", store), rank, k, timedelta(seconds=timeout))
+    return cast("Collectives", pg)
 
 
 class Beats:
@@ -122,7 +135,7 @@ class Beats:
 
     def __init__(self, host: str, port: int, rank: int, on_lost: Any) -> None:
         self._stop = threading.Event()
-        self._store = dist.TCPStore(host, port, None, False, timeout=timedelta(seconds=5))
+        self._store = TCPStore(host, port, None, False, timeout=timedelta(seconds=5))
         self._rank, self._on_lost = rank, on_lost
         self._thread = threading.Thread(target=self._run, name="podserve-tp-beat", daemon=True)
         self._thread.start()
@@ -140,7 +153,7 @@ class Beats:
         self._stop.set()
 
 
-def stalled_ranks(store: dist.TCPStore, k: int, window: float) -> list[int]:
+def stalled_ranks(store: TCPStore, k: int, window: float) -> list[int]:
     """Ranks whose heartbeat did not move during ``window`` seconds (dead or frozen)."""
     before = {r: store.add(f"beat/{r}", 0) for r in range(1, k)}
     deadline = time.monotonic() + window

@@ -39,6 +39,8 @@ from podserve.tensor_parallel.weights import read_rank_weights
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from torch._C._distributed_c10d import TCPStore
+
     from podserve.errors import RankUnavailableError
     from podserve.settings import Settings
     from podserve.storage.repository import ModelVersion
@@ -97,6 +99,7 @@ class TensorParallelModel(Model):
         self.plan = plan
         self._on_failure = on_failure or (lambda error: None)
         self.driver: Driver | None = None
+        self.store: TCPStore | None = None
 
     def load(self) -> None:
         s, plan = self.settings, self.plan
@@ -119,10 +122,11 @@ class TensorParallelModel(Model):
                 )
         deadline = time.monotonic() + s.tp_wait_seconds
         where = f"port {s.tp_port}"
-        self.store = group.open_store(0, "", s.tp_port, s.tp_wait_seconds, s.tp_timeout_seconds)
+        store = group.open_store(0, "", s.tp_port, s.tp_wait_seconds, s.tp_timeout_seconds)
+        self.store = store
         log.info("tensor-parallel rank 0/%d: waiting for ranks 1..%d on %s", plan.k, plan.k - 1,
                  where)  # fmt: skip
-        group.wait_for(self.store, plan.k, "join", deadline, where)
+        group.wait_for(store, plan.k, "join", deadline, where)
         self._model = load_shards(self.version, s, plan, 0, self.report)
         reader = VersionReader(self.version, s, self.report)
         tokenizer = opts.get("tokenizer", "tokenizer.json")
@@ -133,11 +137,11 @@ class TensorParallelModel(Model):
             resolve_max_length(opts, json_reader(reader.has, reader.small)),
             str(self.version.path / tokenizer),
         )
-        group.wait_for(self.store, plan.k, "loaded", deadline, where)
-        reports = group.loaded_reports(self.store, plan.k)
-        pg = group.form(self.store, 0, plan.k, s.tp_timeout_seconds)
-        self.store.set("formed", "1")
-        self.driver = Driver(pg, self.store, self._model, plan.k, self._on_failure)
+        group.wait_for(store, plan.k, "loaded", deadline, where)
+        reports = group.loaded_reports(store, plan.k)
+        pg = group.form(store, 0, plan.k, s.tp_timeout_seconds)
+        store.set("formed", "1")
+        self.driver = Driver(pg, store, self._model, plan.k, self._on_failure)
         self.driver.start()
         self.report.seconds = time.perf_counter() - started
         details: dict[str, Any] = {"tp_ranks": plan.k, "bytes_read": self.report.bytes_read}
@@ -170,6 +174,7 @@ class TensorParallelModel(Model):
         if self.driver is not None:
             self.driver.stop()
             self.driver = None
+        self.store = None
 
 
 async def serve_leader(settings: Settings, plan: TensorParallel) -> int:

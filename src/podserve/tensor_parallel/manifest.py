@@ -119,7 +119,9 @@ def load_tensor_parallel(path: Path) -> TensorParallel:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read the tensor-parallel manifest: {exc}") from None
+        raise ConfigurationError(
+            f"{path}: cannot read the tensor-parallel manifest: {exc}"
+        ) from None
     return parse_tensor_parallel(text, str(path))
 
 

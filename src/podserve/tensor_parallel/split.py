@@ -86,7 +86,7 @@ def split_tensor_parallel(root: Path, name: str, version: str | None, k: int) ->
 
 def _pieces(view: memoryview, reads: tuple[Read, ...]) -> list[memoryview]:
     """The byte pieces ``reads`` return, in order (views of the mapped file)."""
-    out = []
+    out: list[memoryview] = []
     for r in reads:
         for row in range(r.count):
             base = r.offset + row * r.stride

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from podserve.errors import RankUnavailableError
-from podserve.tensor_parallel.group import stalled_ranks
+from podserve.tensor_parallel.group import Collectives, stalled_ranks
 from podserve.tensor_parallel.sharded import sharded_forward
 
 if TYPE_CHECKING:
-    import torch.distributed as dist
+    from torch._C._distributed_c10d import TCPStore
 
     from podserve.runtime.architectures import LayeredModel
 
@@ -40,7 +40,7 @@ RUN, PING, STOP = 1, 2, 3
 IDLE_PING_SECONDS = 1.0
 
 
-def _reducer(pg: dist.ProcessGroup) -> Callable[[torch.Tensor], torch.Tensor]:
+def _reducer(pg: Collectives) -> Callable[[torch.Tensor], torch.Tensor]:
     def reduce(t: torch.Tensor) -> torch.Tensor:
         t = t.contiguous()
         pg.allreduce([t]).wait()
@@ -50,7 +50,7 @@ def _reducer(pg: dist.ProcessGroup) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _run_step(
-    pg: dist.ProcessGroup,
+    pg: Collectives,
     model: LayeredModel,
     k: int,
     tensors: list[torch.Tensor],
@@ -67,8 +67,8 @@ class Driver:
 
     def __init__(
         self,
-        pg: dist.ProcessGroup,
-        store: dist.TCPStore,
+        pg: Collectives,
+        store: TCPStore,
         model: LayeredModel,
         k: int,
         on_failure: Callable[[RankUnavailableError], None],
@@ -146,6 +146,10 @@ class Driver:
                 pass
             finally:
                 self._lock.release()
+        self._thread.join(timeout=5)
+        # Destroy the gloo context now, on this thread: left to interpreter shutdown, its
+        # threads abort the process ("terminate called without an active exception").
+        self.pg = None  # type: ignore[assignment]
 
 
 def _cause(exc: BaseException) -> str:
@@ -155,7 +159,7 @@ def _cause(exc: BaseException) -> str:
     return text.split(". This is typically", 1)[0].rstrip(".")
 
 
-def follow(pg: dist.ProcessGroup, model: LayeredModel, k: int) -> None:
+def follow(pg: Collectives, model: LayeredModel, k: int) -> None:
     """Ranks > 0: take part in the leader's steps until it says STOP."""
     while True:
         header = torch.zeros(4, dtype=torch.int64)

@@ -68,7 +68,7 @@ def read_rank_weights(
             _check_slice(piece, headers[piece.file], path)
             buf = _read_slice(fds[piece.file], piece, path)
             total += piece.length
-            if verify and blake3.blake3(buf).hexdigest() != piece.blake3:
+            if verify and blake3.blake3(buf.data).hexdigest() != piece.blake3:
                 raise IntegrityError(
                     f"{path}: tensor {piece.name!r}: the bytes of tensor-parallel rank "
                     f"{rank}/{plan.k} do not match the BLAKE3 digest the manifest recorded "
@@ -87,7 +87,9 @@ def _check_slice(piece: TensorSlice, header: SafetensorsHeader, path: Path) -> N
     info = header.tensors.get(piece.name)
     dtype = DTYPES.get(piece.dtype)
     if info is None or dtype is None or info.dtype != piece.dtype:
-        raise IntegrityError(f"{path}: tensor {piece.name!r} is not in the file as the manifest says")
+        raise IntegrityError(
+            f"{path}: tensor {piece.name!r} is not in the file as the manifest says"
+        )
     if math.prod(piece.shape) * dtype.itemsize != piece.length or any(
         r.offset < info.start or r.end > info.end for r in piece.reads
     ):
@@ -100,7 +102,7 @@ def _check_slice(piece: TensorSlice, header: SafetensorsHeader, path: Path) -> N
 def _read_slice(fd: int, piece: TensorSlice, path: Path) -> np.ndarray:
     """The slice's bytes, in manifest order, with one positional read per piece."""
     buf = np.empty(piece.length, dtype=np.uint8)
-    view = memoryview(buf)
+    view = buf.data
     pos = 0
     for r in piece.reads:
         for row in range(r.count):

@@ -116,12 +116,12 @@ def run_worker(settings: Settings, plan: TensorParallel, rank: int) -> None:
             "max_rss": rss,
         },
     )
+    seconds = time.perf_counter() - started
     log.info("tensor-parallel rank %d/%d: read %d bytes (verified: %s) in %.2fs; joining",
-             rank, k, report.bytes_read, report.verified, time.perf_counter() - started)  # fmt: skip
+             rank, k, report.bytes_read, report.verified, seconds)  # fmt: skip
     pg = group.form(store, rank, k, s.tp_timeout_seconds)
     try:
         follow(pg, model, k)
     finally:
         beats.stop()
     log.info("tensor-parallel rank %d/%d: the leader said stop", rank, k)
-
