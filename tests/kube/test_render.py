@@ -135,3 +135,38 @@ def test_the_templates_are_deploy_itself() -> None:
     """One source: the package's templates are deploy/ (a link), not copies of it."""
     assert TEMPLATES.is_symlink()
     assert TEMPLATES.resolve() == (REPO / "deploy").resolve()
+
+
+def test_tensor_parallel_renders_one_leader_worker_set(keda_schemas: Path) -> None:
+    objects = render.render(render.RenderConfig.model_validate({**config(), "tensor_parallel": 4}))
+    assert schemas.validate(objects, keda_schemas) == []
+    assert policy.check(objects) == []
+    assert by_kind(objects, "Deployment") == []
+    (lws,) = by_kind(objects, "LeaderWorkerSet")
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert template["size"] == 4
+    (config_map,) = by_kind(objects, "ConfigMap")
+    assert config_map["data"]["PODSERVE_TENSOR_PARALLEL"].startswith(render.TP_MOUNT)
+    for role in ("leaderTemplate", "workerTemplate"):
+        pod = template[role]["spec"]
+        assert pod["containers"][0]["image"] == "registry.example/podserve:0.1.0"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "shared-models"
+        assert volumes["tensor-parallel"]["configMap"]["name"] == "podserve-minilm-tensor-parallel"
+    (service,) = by_kind(objects, "Service")
+    leader_labels = template["leaderTemplate"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= leader_labels.items()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"gpu": "gpu"}, "CPU"),
+        ({"storage": STORAGES["s3"]}, "storage.pvc"),
+        ({"queue": "q"}, "queue"),
+        ({"tensor_parallel": 1}, "greater than or equal to 2"),
+    ],
+)
+def test_tensor_parallel_refuses_what_it_cannot_run(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        render.RenderConfig.model_validate({**config(), "tensor_parallel": 2, **change})

@@ -49,6 +49,13 @@ def check(objects: Iterable[Obj]) -> list[str]:
         if obj["kind"] in ("Deployment", "Job"):
             pod = obj["spec"]["template"]["spec"]
             problems += [f"{where}: {p}" for p in _check_pod(pod, obj["kind"], config_maps)]
+        elif obj["kind"] == "LeaderWorkerSet":
+            # The leader serves (checked like a Deployment's pod: probes, grace, read-only
+            # model root); the workers serve nothing but read the same volume, read-only.
+            template = obj["spec"]["leaderWorkerTemplate"]
+            for role, kind in (("leaderTemplate", "Deployment"), ("workerTemplate", "Worker")):
+                pod = template.get(role, template.get("workerTemplate"))["spec"]
+                problems += [f"{where}: {role}: {p}" for p in _check_pod(pod, kind, config_maps)]
         elif obj["kind"] == "ScaledObject":
             problems += [f"{where}: {p}" for p in _check_scaled_object(obj, objs, config_maps)]
     return problems
@@ -89,7 +96,7 @@ def _check_pod(pod: Obj, kind: str, config_maps: Mapping[str, Mapping[str, str]]
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for volume in volumes.values():
         claim = volume.get("persistentVolumeClaim")
-        if kind == "Deployment" and claim is not None and not claim.get("readOnly"):
+        if kind in ("Deployment", "Worker") and claim is not None and not claim.get("readOnly"):
             problems.append(f"volume {volume['name']!r}: a served claim must be readOnly: true")
     init = [(c, True) for c in pod.get("initContainers", [])]
     for container, is_init in [*init, *[(c, False) for c in pod["containers"]]]:
@@ -108,13 +115,14 @@ def _check_pod(pod: Obj, kind: str, config_maps: Mapping[str, Mapping[str, str]]
         tmp = mounts.get(SCRATCH_PATH)
         if tmp is None or "emptyDir" not in volumes.get(tmp["name"], {}):
             problems.append(f"{name}: needs a writable emptyDir at {SCRATCH_PATH}")
-        if kind == "Deployment" and not is_init:
+        if kind in ("Deployment", "Worker") and not is_init:
             root = env.get("PODSERVE_MODEL_ROOT", str(Settings.model_fields["model_root"].default))
             model = mounts.get(root)
             if model is None:
                 problems.append(f"{name}: the model root {root} is not mounted")
             elif model.get("readOnly") is not True:
                 problems.append(f"{name}: the model root {root} must be mounted readOnly")
+        if kind == "Deployment" and not is_init:
             problems += [f"{name}: {p}" for p in _check_probes(container, env)]
             problems += [f"{name}: {p}" for p in _check_grace(pod, container, env)]
     return problems

@@ -12,6 +12,9 @@ repository), so a rendered set and ``kubectl kustomize deploy/...`` apply the sa
       # source: s3://my-models/minilm/1   (pulled by an init container; secret: podserve-s3)
     gpu: none                     # none | gpu | mig-1g.10gb (any mig-<N>g.<M>gb profile)
     queue: minilm-requests        # optional: adds the queue worker and its KEDA ScaledObject
+    tensor_parallel: 2            # optional: K pods as one LeaderWorkerSet (CPU, pvc storage);
+                                  # the ConfigMap <name>-tensor-parallel holds the manifest of
+                                  # `podserve split --tp K` (key tensor-parallel.yaml)
 
 The result is checked against :mod:`podserve.kube.policy` before it is returned, so a
 config can never render a deployment that breaks the design's rules.
@@ -36,6 +39,7 @@ from podserve.kube import policy
 Obj = dict[str, Any]
 
 MODEL_ROOT = "/mnt/models"
+TP_MOUNT = "/etc/podserve/tensor-parallel"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MIG = re.compile(r"^mig-\d+g\.\d+gb$")
 # Requests/limits per accelerator kind; the same numbers as deploy/components/gpu*.
@@ -90,6 +94,7 @@ class RenderConfig(BaseModel):
     gpu: str = "none"
     queue: str | None = None
     replicas: int = Field(2, ge=1)
+    tensor_parallel: int | None = Field(None, ge=2, description="K ranks (LeaderWorkerSet).")
     namespace: str | None = None
     # The name of a Secret, not a secret.
     rabbitmq_secret: str = "podserve-rabbitmq"  # noqa: S105
@@ -113,6 +118,21 @@ class RenderConfig(BaseModel):
             return check_version(str(value))
         except InvalidNameError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _tensor_parallel_shape(self) -> RenderConfig:
+        if self.tensor_parallel is None:
+            return self
+        if self.gpu != "none":
+            raise ValueError("tensor_parallel runs on CPU (gloo) only: set gpu: none")
+        if self.storage.pvc is None:
+            raise ValueError(
+                "tensor_parallel needs storage.pvc: each rank reads only its slices from the "
+                "shared claim (a pull would copy the whole model into every pod)"
+            )
+        if self.queue is not None:
+            raise ValueError("tensor_parallel with a queue worker is not supported")
+        return self
 
     @field_validator("gpu")
     @classmethod
@@ -144,9 +164,12 @@ def render(config: RenderConfig) -> list[Obj]:
     name = f"podserve-{config.model}"
     config_map = _config_map(config, f"{name}-config")
     objects: list[Obj] = [config_map]
-    server = _pod_owner(_template("base/deployment.yaml"), name, config, config_map)
-    server["spec"]["replicas"] = config.replicas
-    objects.append(server)
+    if config.tensor_parallel is not None:
+        objects += _tensor_parallel(config, name, config_map)
+    else:
+        server = _pod_owner(_template("base/deployment.yaml"), name, config, config_map)
+        server["spec"]["replicas"] = config.replicas
+        objects.append(server)
     for kind in ("service", "pdb"):
         obj = _template(f"base/{kind}.yaml")
         _rename(obj, name, config.model)
@@ -206,6 +229,12 @@ def _config_map(config: RenderConfig, name: str) -> Obj:
     data["PODSERVE_MODEL_ROOT"] = MODEL_ROOT
     data["PODSERVE_MODELS"] = json.dumps([f"{config.model}:{config.version}"])
     data["PODSERVE_DEVICE"] = "cpu" if config.gpu == "none" else "cuda"
+    if config.tensor_parallel is not None:
+        data |= {
+            "PODSERVE_TENSOR_PARALLEL": f"{TP_MOUNT}/tensor-parallel.yaml",
+            "PODSERVE_TP_PORT": "29500",
+            "PODSERVE_INTRA_OP_THREADS": "1",
+        }
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -328,3 +357,25 @@ def trigger_authentication(
     if key is not None:
         ref["key"] = key
     return obj
+
+
+def _tensor_parallel(config: RenderConfig, name: str, config_map: Obj) -> list[Obj]:
+    """K pods as one LeaderWorkerSet (deploy/components/tensor-parallel) instead of a Deployment."""
+    lws = _template("components/tensor-parallel/lws.yaml")
+    _rename(lws, name, config.model)
+    lws["spec"]["replicas"] = config.replicas
+    template = lws["spec"]["leaderWorkerTemplate"]
+    template["size"] = config.tensor_parallel
+    digest = hashlib.sha256(json.dumps(config_map["data"], sort_keys=True).encode()).hexdigest()
+    for role in ("leaderTemplate", "workerTemplate"):
+        pod_template = template[role]
+        pod_template["metadata"]["labels"]["app.kubernetes.io/instance"] = config.model
+        pod_template["metadata"]["annotations"] = {"podserve.io/config-hash": digest[:16]}
+        pod = pod_template["spec"]
+        for container in pod["containers"]:
+            container["image"] = config.image
+            container["envFrom"] = [{"configMapRef": {"name": config_map["metadata"]["name"]}}]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        volumes["models"]["persistentVolumeClaim"]["claimName"] = config.storage.pvc
+        volumes["tensor-parallel"]["configMap"]["name"] = f"{name}-tensor-parallel"
+    return [lws]

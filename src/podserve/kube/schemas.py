@@ -1,10 +1,11 @@
-"""Offline schema validation of manifests: Kubernetes kinds and KEDA's CRDs, strictly.
+"""Offline schema validation of manifests: Kubernetes kinds, KEDA's and LWS's CRDs, strictly.
 
 Built-in kinds go through ``kubernetes-validate`` in strict mode (it ships the schemas of
 every Kubernetes release, so no cluster or network is needed; without strict a misspelt
 field passes). KEDA's kinds are checked against the ``openAPIV3Schema`` of KEDA's own CRDs,
 tightened so that unknown fields are rejected as the API server's strict field validation
-would. A kind with no schema is an error, never a silent pass.
+would; the LeaderWorkerSet (tensor parallelism) likewise against LWS's CRD. A kind with no
+schema is an error, never a silent pass.
 
 ``validate`` is the one entry point (``podserve render --validate``, ``podserve plan`` and the
 deployment tests all go through it or :func:`keda_problems`). ``kubernetes-validate`` and
@@ -29,9 +30,15 @@ KEDA_KINDS = {"ScaledObject", "ScaledJob", "TriggerAuthentication"}
 # The third-party CRDs, shipped in the package (see crds/README.md for their source).
 CRDS = Path(__file__).resolve().parent / "crds"
 KEDA_CRDS = CRDS / "keda"
+LWS_KINDS = {"LeaderWorkerSet"}
+LWS_CRDS = CRDS / "lws"
 
 
-def validate(objects: Iterable[Mapping[str, Any]], keda_schema_dir: Path = KEDA_CRDS) -> list[str]:
+def validate(
+    objects: Iterable[Mapping[str, Any]],
+    keda_schema_dir: Path = KEDA_CRDS,
+    lws_schema_dir: Path = LWS_CRDS,
+) -> list[str]:
     """Every schema violation in a manifest set, one sentence each."""
     problems: list[str] = []
     for obj in objects:
@@ -39,6 +46,10 @@ def validate(objects: Iterable[Mapping[str, Any]], keda_schema_dir: Path = KEDA_
         if obj.get("kind") in KEDA_KINDS:
             problems += [
                 f"{where}: {path}: {msg}" for path, msg in keda_problems(obj, keda_schema_dir)
+            ]
+        elif obj.get("kind") in LWS_KINDS:
+            problems += [
+                f"{where}: {path}: {msg}" for path, msg in lws_problems(obj, lws_schema_dir)
             ]
         else:
             problems += _kubernetes_problems(obj, where)
@@ -107,6 +118,25 @@ def keda_problems(obj: Mapping[str, Any], schema_dir: Path = KEDA_CRDS) -> list[
     ):
         problems.append(("spec", "minReplicaCount must be less than or equal to maxReplicaCount"))
     return problems
+
+
+def lws_problems(obj: Mapping[str, Any], schema_dir: Path = LWS_CRDS) -> list[tuple[str, str]]:
+    """(field path, message) for everything the LeaderWorkerSet CRD (closed) rejects."""
+    try:
+        import jsonschema
+    except ImportError as exc:  # pragma: no cover - in the dev extra
+        raise ConfigurationError("LWS validation needs jsonschema: pip install jsonschema") from exc
+    kind, api_version = str(obj.get("kind")), str(obj.get("apiVersion"))
+    try:
+        schema = keda_schema(schema_dir, kind, api_version)  # any CRD directory will do
+    except KeyError:
+        return [("<root>", f"no LeaderWorkerSet CRD for {kind} {api_version}")]
+    schema["properties"]["metadata"] = _KEDA_METADATA
+    errors = sorted(
+        jsonschema.Draft7Validator(schema).iter_errors(obj),
+        key=lambda e: list(map(str, e.absolute_path)),
+    )
+    return [(".".join(map(str, e.absolute_path)) or "<root>", e.message) for e in errors]
 
 
 def keda_schema(schema_dir: Path, kind: str, api_version: str) -> dict[str, Any]:
