@@ -10,9 +10,14 @@ loopback (``podserve serve --stage``), and the entry in three modes:
 
 It also serves the unsplit model in one process (``podserve serve``, transformers runtime)
 for the reference latency, throughput and peak RSS (VmHWM). Every stage runs torch on one
-thread (as a pod with its own core would); here all processes share the machine's cores.
+thread (as a pod with its own core would); by default all processes share the machine's
+cores. With ``--pin`` stage i runs on core i-1 and the single process on core 0 (every thread,
+``os.sched_setaffinity``), as separate pods would each have their own CPUs; the entry (which
+only tokenises and pools) is left unpinned. Results then go to ``pipeline_pinned.json``, with
+``/proc/loadavg`` before and after each measurement.
 
     python benchmarks/pipeline.py [--decoder-hidden 1152] [--repeats 3]
+    python benchmarks/pipeline.py --pin --stages 2 --skip-minilm
 """
 
 from __future__ import annotations
@@ -40,6 +45,19 @@ from tests.pipeline.conftest import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
+PINNED_RESULTS = RESULTS.with_name("pipeline_pinned.json")
+PIN = False  # --pin
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` onto core ``cpu`` (threads started later inherit it)."""
+    if PIN:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), {cpu % (os.cpu_count() or 1)})
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -77,7 +95,7 @@ def measure(port: int, model: str, batch: list[str], repeats: int) -> dict[str, 
 
 def single_process(
     root: Path, model: str, work: Path, batch: list[str], repeats: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The unsplit model served by one ordinary `podserve serve` process."""
     import subprocess
 
@@ -109,8 +127,12 @@ def single_process(
             except OSError:
                 pass
             time.sleep(0.3)
-        result = measure(node.http_port, model, batch, repeats)
+        pin(proc.pid, 0)
+        before = loadavg()
+        result: dict[str, Any] = measure(node.http_port, model, batch, repeats)
         result["peak_rss_mb"] = peak_rss_mb(proc.pid)
+        if PIN:
+            result |= {"pinned": "core 0", "loadavg_before": before, "loadavg_after": loadavg()}
         return result
     finally:
         proc.kill()
@@ -118,13 +140,19 @@ def single_process(
 
 
 def run_model(
-    root: Path, model: str, work: Path, batch: list[str], micro: int, repeats: int
+    root: Path,
+    model: str,
+    work: Path,
+    batch: list[str],
+    micro: int,
+    repeats: int,
+    stages: tuple[int, ...] = (1, 2, 3),
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     single = single_process(root, model, work, batch, repeats)
     rows.append({"model": model, "stages": 1, "mode": "single process", **single})
     print(rows[-1], flush=True)
-    for k in (1, 2, 3):
+    for k in stages:
         kdir = work / f"{model}-k{k}"
         kdir.mkdir()
         cluster = start_cluster(root, model, k, kdir, PODSERVE_PIPELINE_MICRO_BATCH="0")
@@ -140,7 +168,17 @@ def run_model(
                 cluster.env["PODSERVE_PIPELINE_INFLIGHT"] = str(inflight)
                 cluster.start(0)
                 cluster.wait_ready(0, timeout=300)
-                result = measure(cluster.entry.http_port, model, batch, repeats)
+                for node in cluster.nodes[1:]:
+                    assert node.proc is not None
+                    pin(node.proc.pid, node.index - 1)
+                before = loadavg()
+                result: dict[str, Any] = measure(cluster.entry.http_port, model, batch, repeats)
+                if PIN:
+                    result |= {
+                        "pinned": "stage i on core i-1",
+                        "loadavg_before": before,
+                        "loadavg_after": loadavg(),
+                    }
                 stage_rss = [peak_rss_mb(n.proc.pid) for n in cluster.nodes[1:] if n.proc]
                 rows.append(
                     {
@@ -184,12 +222,22 @@ def main() -> None:
     parser.add_argument("--decoder-hidden", type=int, default=1152)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-decoder", action="store_true")
+    parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--stages", type=int, action="append", help="K to run (default 1 2 3)")
+    parser.add_argument("--pin", action="store_true", help="each stage on its own core")
     args = parser.parse_args()
+    global PIN
+    PIN = args.pin
+    stages = tuple(args.stages or (1, 2, 3))
+    rows: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="podserve-pipeline-bench-"))
     try:
         root = work / "models"
         stage_demo(root)
-        rows = run_model(root, "minilm", work, texts(32, 12), micro=8, repeats=args.repeats)
+        if not args.skip_minilm:
+            rows += run_model(
+                root, "minilm", work, texts(32, 12), micro=8, repeats=args.repeats, stages=stages
+            )
         if not args.skip_decoder:
             dest = stage_synthetic_decoder(
                 root, "decoder24", layers=args.decoder_layers, hidden=args.decoder_hidden
@@ -197,13 +245,20 @@ def main() -> None:
             size = (dest / "model.safetensors").stat().st_size
             print(f"decoder24: {size / 1e9:.2f} GB", flush=True)
             rows += run_model(
-                root, "decoder24", work, texts(8, 16), micro=2, repeats=max(1, args.repeats - 1)
+                root,
+                "decoder24",
+                work,
+                texts(8, 16),
+                micro=2,
+                repeats=max(1, args.repeats - 1),
+                stages=stages,
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the 1.5 GB decoder goes with it
     print(table(rows))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    out = PINNED_RESULTS if PIN else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
             {
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
