@@ -43,13 +43,14 @@ class Group:
     env: dict[str, str]
     work: Path
     http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, rank: int, **env: str) -> None:
         cmd = [sys.executable, "-m", "podserve", "serve", str(self.root)]
         cmd += ["--tp-rank", f"{rank}/{self.plan.k}", "--host", "127.0.0.1"]
         if rank == 0:
-            cmd += ["--http-port", str(self.http_port), "--grpc-port", "0"]
+            cmd += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
         with open(self.log(rank), "ab") as log:
             self.procs[rank] = subprocess.Popen(
                 cmd, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT
@@ -145,10 +146,10 @@ def test_minilm_two_ranks_equal_the_single_process(minilm: Group, tp_root: Path,
 
 
 def test_grpc_serves_the_unsplit_signature(minilm: Group, tp_root: Path) -> None:
-    tritonclient = pytest.importorskip("tritonclient.http")
-    client = tritonclient.InferenceServerClient(f"127.0.0.1:{minilm.http_port}")
-    meta = client.get_model_metadata("minilm")
-    assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]
+    tritonclient = pytest.importorskip("tritonclient.grpc")
+    client = tritonclient.InferenceServerClient(f"127.0.0.1:{minilm.grpc_port}")
+    meta = client.get_model_metadata("minilm", as_json=True)
+    assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": ["-1", "384"]}]
     inp = tritonclient.InferInput("text", [2], "BYTES")
     inp.set_data_from_numpy(np.array([t.encode() for t in TEXTS[:2]], dtype=object))
     got = client.infer("minilm", [inp]).as_numpy("embedding")

@@ -12,7 +12,6 @@ exactly as the transformers runtime pools (mean or CLS, optional L2 normalisatio
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from podserve.errors import ConfigurationError, IntegrityError, ManifestError
-from podserve.runtime.architectures import LayeredModel, find_architecture
+from podserve.errors import IntegrityError, ManifestError
 from podserve.runtime.loading import VersionReader
-from podserve.runtime.model import LoadReport, Model
+from podserve.runtime.model import Model
 from podserve.runtime.text import (
     TextEncoder,
     check_text_input,
@@ -32,9 +30,8 @@ from podserve.runtime.text import (
     texts_from,
 )
 from podserve.tensor_parallel import group
-from podserve.tensor_parallel.sharded import build_sharded
 from podserve.tensor_parallel.steps import Driver
-from podserve.tensor_parallel.weights import read_rank_weights
+from podserve.tensor_parallel.weights import load_shards
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,42 +44,6 @@ if TYPE_CHECKING:
     from podserve.tensor_parallel.manifest import TensorParallel
 
 log = logging.getLogger(__name__)
-
-
-def load_shards(
-    version: ModelVersion, settings: Settings, plan: TensorParallel, rank: int, report: LoadReport
-) -> LayeredModel:
-    """Read, verify and assemble rank ``rank``'s slices (shared by every rank)."""
-    if (version.name, version.version) != (plan.model, plan.version):
-        raise ConfigurationError(
-            f"the tensor-parallel manifest is for {plan.model} version {plan.version}, not "
-            f"{version.name} version {version.version}"
-        )
-    if settings.intra_op_threads:
-        torch.set_num_threads(settings.intra_op_threads)
-    reader = VersionReader(version, settings, report)
-    if not reader.has("config.json"):
-        raise ManifestError(f"{version.path}: config.json missing (not a HF model dir)")
-    config = json.loads(reader.small("config.json"))  # checked against SHA256SUMS
-    arch = find_architecture(config)
-    if arch is None or config.get("model_type") != plan.model_type:
-        raise ManifestError(
-            f"{version.path}: model_type {config.get('model_type')!r} does not match the "
-            f"tensor-parallel manifest ({plan.model_type!r}) or has no lean class"
-        )
-    verify = settings.verify == "full" and version.manifest.verify == "full"
-    weights = read_rank_weights(version, plan, rank, verify=verify)
-    model = build_sharded(arch, config, weights.tensors, str(version.path))
-    report.bytes_read += weights.bytes_read
-    report.verified = weights.verified
-    report.details.update(
-        {
-            "tp_rank": f"{rank}/{plan.k}",
-            "weight_bytes": plan.ranks[rank].bytes,
-            "tensors": len(weights.tensors),
-        }
-    )
-    return model
 
 
 class TensorParallelModel(Model):

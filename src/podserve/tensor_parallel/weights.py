@@ -9,6 +9,7 @@ memory is this rank's share of the weights, not the file.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -18,14 +19,19 @@ import blake3
 import numpy as np
 import torch
 
-from podserve.errors import IntegrityError
+from podserve.errors import ConfigurationError, IntegrityError, ManifestError
+from podserve.runtime.architectures import LayeredModel, find_architecture
+from podserve.runtime.loading import VersionReader
 from podserve.runtime.safetensors_view import DTYPES, SafetensorsHeader, parse_header
 from podserve.storage.reader import read_range
 from podserve.tensor_parallel.manifest import RankPlan, TensorParallel, TensorSlice
+from podserve.tensor_parallel.sharded import build_sharded
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from podserve.runtime.model import LoadReport
+    from podserve.settings import Settings
     from podserve.storage.repository import ModelVersion
 
 
@@ -115,3 +121,39 @@ def _read_slice(fd: int, piece: TensorSlice, path: Path) -> np.ndarray:
                         raise IntegrityError(f"{path}: unexpected end of file")
                     pos += n
     return buf
+
+
+def load_shards(
+    version: ModelVersion, settings: Settings, plan: TensorParallel, rank: int, report: LoadReport
+) -> LayeredModel:
+    """Read, verify and assemble rank ``rank``'s slices (shared by every rank)."""
+    if (version.name, version.version) != (plan.model, plan.version):
+        raise ConfigurationError(
+            f"the tensor-parallel manifest is for {plan.model} version {plan.version}, not "
+            f"{version.name} version {version.version}"
+        )
+    if settings.intra_op_threads:
+        torch.set_num_threads(settings.intra_op_threads)
+    reader = VersionReader(version, settings, report)
+    if not reader.has("config.json"):
+        raise ManifestError(f"{version.path}: config.json missing (not a HF model dir)")
+    config = json.loads(reader.small("config.json"))  # checked against SHA256SUMS
+    arch = find_architecture(config)
+    if arch is None or config.get("model_type") != plan.model_type:
+        raise ManifestError(
+            f"{version.path}: model_type {config.get('model_type')!r} does not match the "
+            f"tensor-parallel manifest ({plan.model_type!r}) or has no lean class"
+        )
+    verify = settings.verify == "full" and version.manifest.verify == "full"
+    weights = read_rank_weights(version, plan, rank, verify=verify)
+    model = build_sharded(arch, config, weights.tensors, str(version.path))
+    report.bytes_read += weights.bytes_read
+    report.verified = weights.verified
+    report.details.update(
+        {
+            "tp_rank": f"{rank}/{plan.k}",
+            "weight_bytes": plan.ranks[rank].bytes,
+            "tensors": len(weights.tensors),
+        }
+    )
+    return model

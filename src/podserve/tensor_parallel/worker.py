@@ -83,8 +83,8 @@ def run_tensor_parallel(settings: Settings) -> int:
 
 def run_worker(settings: Settings, plan: TensorParallel, rank: int) -> None:
     """Rank ``rank`` > 0 from connection to STOP; raises on any failure."""
-    from podserve.tensor_parallel.leader import load_shards
     from podserve.tensor_parallel.steps import follow
+    from podserve.tensor_parallel.weights import load_shards
 
     s, k = settings, plan.k
     host = group.leader_address(s.tp_leader)
