@@ -155,7 +155,9 @@ def run_model(
     for k in stages:
         kdir = work / f"{model}-k{k}"
         kdir.mkdir()
-        cluster = start_cluster(root, model, k, kdir, PODSERVE_PIPELINE_MICRO_BATCH="0")
+        cluster = start_cluster(
+            root, model, k, kdir, ready_timeout=900, PODSERVE_PIPELINE_MICRO_BATCH="0"
+        )
         try:
             stage_rss: list[float] = []
             for mode, size, inflight in (
@@ -167,7 +169,7 @@ def run_model(
                 cluster.env["PODSERVE_PIPELINE_MICRO_BATCH"] = str(size)
                 cluster.env["PODSERVE_PIPELINE_INFLIGHT"] = str(inflight)
                 cluster.start(0)
-                cluster.wait_ready(0, timeout=300)
+                cluster.wait_ready(0, timeout=900)
                 for node in cluster.nodes[1:]:
                     assert node.proc is not None
                     pin(node.proc.pid, node.index - 1)

@@ -7,7 +7,11 @@ separate pods would each have their own CPUs — and measures, through rank 0's 
 
 * p50 latency of one text (batch 1);
 * throughput at batch 8 (rows/s over ``--repeats`` batches sent one after another);
-* peak RSS (VmHWM) of every process.
+* peak RSS (VmHWM) of every process;
+* CPU seconds (user + system, from ``/proc/PID/stat``) each process spent per batch of 8:
+  unlike wall time this hardly depends on what else runs on the machine, so the largest
+  rank's CPU time per batch against the single process's says what K cores would give on a
+  quiet node (communication waits excluded).
 
 Every process runs torch on one thread. Pinning is applied to every thread of a process once
 it is ready (``os.sched_setaffinity`` on each ``/proc/PID/task``); threads started later
@@ -57,11 +61,16 @@ def pin(pid: int, cpu: int) -> None:
         os.sched_setaffinity(int(tid), {cpu})
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def texts(n: int, words: int) -> list[str]:
     return [" ".join(f"w{2 + (i * 7 + j * 13) % 1000}" for j in range(words)) for i in range(n)]
 
 
-def measure(port: int, repeats: int) -> dict[str, float]:
+def measure(port: int, repeats: int, pids: list[int]) -> dict[str, Any]:
     one, batch = texts(1, 16), texts(8, 16)
     path = f"/v2/models/{MODEL}/infer"
     http(port, path, embed_request(batch), 600)  # warm
@@ -71,6 +80,7 @@ def measure(port: int, repeats: int) -> dict[str, float]:
         status, body = http(port, path, embed_request(one), 600)
         assert status == 200, body
         lat.append(time.perf_counter() - start)
+    cpu = [cpu_seconds(p) for p in pids]
     start = time.perf_counter()
     for _ in range(repeats):
         status, body = http(port, path, embed_request(batch), 600)
@@ -79,6 +89,9 @@ def measure(port: int, repeats: int) -> dict[str, float]:
     return {
         "latency_ms_p50_batch1": statistics.median(lat) * 1000,
         "rows_per_s_batch8": repeats * len(batch) / seconds,
+        "cpu_s_per_batch8": [
+            round((cpu_seconds(p) - c) / repeats, 3) for p, c in zip(pids, cpu, strict=True)
+        ],
     }
 
 
@@ -108,7 +121,7 @@ def single_process(root: Path, work: Path, repeats: int) -> dict[str, Any]:
         wait_ready(port, [proc], log)
         pin(proc.pid, 0)
         before = loadavg()
-        result = measure(port, repeats)
+        result = measure(port, repeats, [proc.pid])
         return {
             "setup": "single process, core 0",
             **result,
@@ -131,7 +144,8 @@ def ranks(root: Path, work: Path, k: int, repeats: int) -> dict[str, Any]:
         for r, proc in group.procs.items():
             pin(proc.pid, r % cpus)
         before = loadavg()
-        result = measure(group.http_port, repeats)
+        pids = [p.pid for _, p in sorted(group.procs.items())]
+        result = measure(group.http_port, repeats, pids)
         status, meta = http(group.http_port, f"/v2/models/{MODEL}")
         params = meta["parameters"] if status == 200 else {}
         return {
@@ -174,6 +188,8 @@ def main() -> None:
         "throughput_x_batch8": split["rows_per_s_batch8"] / single["rows_per_s_batch8"],
         "latency_x_batch1": split["latency_ms_p50_batch1"] / single["latency_ms_p50_batch1"],
         "max_rank_rss_over_single": max(split["peak_rss_mb"]) / single["peak_rss_mb"][0],
+        # What dedicated cores would give: the slowest rank's CPU time bounds the group.
+        "cpu_time_speedup_batch8": single["cpu_s_per_batch8"][0] / max(split["cpu_s_per_batch8"]),
     }
     print(json.dumps(summary, indent=2))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

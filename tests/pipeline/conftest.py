@@ -115,7 +115,9 @@ class Cluster:
             self.kill(i)
 
 
-def start_cluster(root: Path, model: str, k: int, work: Path, **settings: str) -> Cluster:
+def start_cluster(
+    root: Path, model: str, k: int, work: Path, ready_timeout: float = 90.0, **settings: str
+) -> Cluster:
     pipeline = split_model(root, model, None, k)
     path = work / f"{model}-k{k}.yaml"
     path.write_text(pipeline.to_yaml())
@@ -134,7 +136,7 @@ def start_cluster(root: Path, model: str, k: int, work: Path, **settings: str) -
         cluster.start(i)
     try:
         for i in range(k + 1):
-            cluster.wait_ready(i)
+            cluster.wait_ready(i, timeout=ready_timeout)
     except BaseException:
         cluster.stop()
         raise

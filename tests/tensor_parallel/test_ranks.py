@@ -197,6 +197,10 @@ def test_a_killed_rank_fails_requests_fast_and_a_restarted_group_is_ready(
         status, ready = http(group.http_port, "/v2/health/ready")
         assert status == 503
         assert "rank 1/2" in ready["error"]
+        # A rank restarted alone cannot rejoin the broken group: it says so and exits.
+        group.start(1)
+        assert group.procs[1].wait(120) == 8
+        assert "restart the whole group" in group.log(1).read_text()
         # Recovery is a restart of the whole group (what a LeaderWorkerSet does by itself).
         group.kill(0)
         group.start(0)
