@@ -29,6 +29,7 @@ CORE = (
 UPPER = (
     "podserve.protocol",
     "podserve.pipeline",
+    "podserve.tensor_parallel",
     "podserve.autoscale",
     "podserve.kube",
     "podserve.commands",

@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from podserve.errors import ConfigurationError
-from podserve.pipeline.manifest import WeightFile
+from podserve.pipeline.split_manifest import WeightFile
 
 KIND = "podserve-tensor-parallel"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import blake3
 
 from podserve.errors import ManifestError
-from podserve.pipeline.manifest import WeightFile
 from podserve.pipeline.split import MappedWeights, read_config, weight_files
+from podserve.pipeline.split_manifest import WeightFile
 from podserve.runtime.architectures import find_architecture
 from podserve.storage.repository import ModelRepository
 from podserve.tensor_parallel.manifest import RankPlan, Read, TensorParallel, TensorSlice
