@@ -61,6 +61,7 @@ class TensorParallelModel(Model):
         self._on_failure = on_failure or (lambda error: None)
         self.driver: Driver | None = None
         self.store: TCPStore | None = None
+        self.metadata: dict[str, Any] = {}
 
     def load(self) -> None:
         s, plan = self.settings, self.plan
@@ -105,11 +106,17 @@ class TensorParallelModel(Model):
         self.driver = Driver(pg, store, self._model, plan.k, self._on_failure)
         self.driver.start()
         self.report.seconds = time.perf_counter() - started
-        details: dict[str, Any] = {"tp_ranks": plan.k, "bytes_read": self.report.bytes_read}
+        details: dict[str, Any] = {
+            "tp_rank": f"0/{plan.k}",
+            "tp_ranks": plan.k,
+            "bytes_read": self.report.bytes_read,
+            "weight_bytes": plan.ranks[0].bytes,
+        }
         for r, rep in reports.items():
             details[f"rank{r}_bytes_read"] = rep["bytes_read"]
             details[f"rank{r}_weight_bytes"] = rep["weight_bytes"]
         self.report.details.update(details)
+        self.metadata = details  # what /v2/models/<model> shows, beside the usual parameters
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.driver is not None, "load() first"
@@ -157,7 +164,7 @@ async def serve_leader(settings: Settings, plan: TensorParallel) -> int:
     def on_state(model: str, state: str) -> None:
         served = dataplane.models.get(model)
         if state == "ready" and served is not None and served.model is not None:
-            served.extra_metadata.update(served.model.report.details)
+            served.extra_metadata.update(getattr(served.model, "metadata", {}))
 
     dataplane.on_state_change(on_state)
     return await server.run()
