@@ -279,7 +279,15 @@ async def _serve_stage(settings: Settings, pipeline: Pipeline, index: int) -> in
     def on_state(model: str, state: str) -> None:
         served = dataplane.models.get(model)
         if state == "ready" and served is not None and served.model is not None:
-            served.extra_metadata.update(served.model.report.details)
+            # The stage's own facts; the batch curve and memory plan are the batcher's, and
+            # are reported by the data plane in their own form.
+            served.extra_metadata.update(
+                {
+                    k: v
+                    for k, v in served.model.report.details.items()
+                    if k not in ("batch_curve", "memory_plan")
+                }
+            )
 
     dataplane.on_state_change(on_state)
     log.info(
