@@ -28,7 +28,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from podserve.errors import IntegrityError, PermanentTransferError, RepositoryError
+from podserve.errors import (
+    IntegrityError,
+    PermanentTransferError,
+    PodserveError,
+    RepositoryError,
+)
 from podserve.storage.archive import ArchiveLimits, extract_archive
 from podserve.storage.download import (
     JOURNAL,
@@ -49,8 +54,22 @@ from podserve.storage.integrity import (
 )
 from podserve.storage.manifest import MANIFEST_NAME, parse_manifest
 from podserve.storage.names import check_model_name, check_version
-from podserve.storage.repository import ModelRepository
-from podserve.storage.sources.base import ARCHIVE_SUFFIXES, Source, SourceOptions, open_source
+from podserve.storage.repository import ModelRepository, open_version, refuse_link
+from podserve.storage.signature import (
+    SIGNATURE_NAME,
+    Signer,
+    TrustPolicy,
+    check_file_set,
+    check_signature,
+    check_signed_bytes,
+)
+from podserve.storage.sources.base import (
+    ARCHIVE_SUFFIXES,
+    Source,
+    SourceNotFoundError,
+    SourceOptions,
+    open_source,
+)
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_PART_SIZE = 32 * 1024 * 1024
@@ -89,8 +108,13 @@ def pull(
     reporter: Reporter | None = None,
     force_sha256: bool = False,
     archive_limits: ArchiveLimits | None = None,
+    trust: TrustPolicy | None = None,
 ) -> PullResult:
-    """Pull the model version at ``uri`` into ``dest`` (``ROOT/NAME/VERSION``)."""
+    """Pull the model version at ``uri`` into ``dest`` (``ROOT/NAME/VERSION``).
+
+    With ``trust``, the signature is checked before any weight is downloaded and the
+    version is verified against it before it is published.
+    """
     return asyncio.run(
         pull_async(
             uri,
@@ -101,6 +125,7 @@ def pull(
             reporter=reporter,
             force_sha256=force_sha256,
             archive_limits=archive_limits,
+            trust=trust,
         )
     )
 
@@ -115,15 +140,19 @@ async def pull_async(
     reporter: Reporter | None = None,
     force_sha256: bool = False,
     archive_limits: ArchiveLimits | None = None,
+    trust: TrustPolicy | None = None,
 ) -> PullResult:
     root, name, version = split_destination(dest)
     dest = root / name / version
+    trust = trust or TrustPolicy()
+    refuse_link(root / name, "model directory")  # never publish through a link
+    refuse_link(dest, "version directory")
     rep: Reporter = reporter or _Quiet()
     started = time.perf_counter()
     source = open_source(uri, options)
     try:
         if dest.exists():
-            return await _already_present(source, root, name, version, started, rep)
+            return await _already_present(source, root, name, version, started, rep, trust)
         model_dir = root / name
         try:
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +161,7 @@ async def pull_async(
         lock_fd = await _lock(model_dir / f".pull-{version}.lock", rep, f"{name}/{version}")
         try:
             if dest.exists():  # another pull published it while we waited
-                return await _already_present(source, root, name, version, started, rep)
+                return await _already_present(source, root, name, version, started, rep, trust)
             tmp = model_dir / f".tmp-{version}"
             tmp.mkdir(exist_ok=True)
             data = tmp / "data"
@@ -142,10 +171,16 @@ async def pull_async(
                         fetched, total = await _pull_archive(
                             source, tmp, data, concurrency, part_size, rep, archive_limits
                         )
+                        # An archive is verified once extracted: signature, listing, digests.
+                        mv = await asyncio.to_thread(open_version, data, name, version, trust)
+                        await asyncio.to_thread(verify_digests, mv.listing)
                     else:
                         fetched, total = await _pull_files(
-                            source, tmp, data, concurrency, part_size, rep, force_sha256
+                            source, tmp, data, concurrency, part_size, rep, force_sha256, trust
                         )
+                        # Digests were checked while streaming (against the signed ones when
+                        # signed); this repeats the signature and listing checks on the result.
+                        await asyncio.to_thread(open_version, data, name, version, trust)
             except BaseException:
                 if not (tmp / JOURNAL).exists():  # nothing worth resuming: leave no trace
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -160,7 +195,13 @@ async def pull_async(
 
 
 async def _already_present(
-    source: Source, root: Path, name: str, version: str, started: float, rep: Reporter
+    source: Source,
+    root: Path,
+    name: str,
+    version: str,
+    started: float,
+    rep: Reporter,
+    trust: TrustPolicy,
 ) -> PullResult:
     dest = root / name / version
     if not source.is_archive():
@@ -175,7 +216,7 @@ async def _already_present(
                 f"{dest} already exists with other content than {source.describe()}; "
                 "versions are immutable: publish a new version number or remove this one"
             )
-    mv = await asyncio.to_thread(ModelRepository(root).verify, name, version)
+    mv = await asyncio.to_thread(ModelRepository(root, trust).verify, name, version)
     rep.message(f"{dest} already present and verified; nothing to do")
     return PullResult(dest, mv.listing.total_bytes, 0, time.perf_counter() - started, True)
 
@@ -198,10 +239,15 @@ async def _pull_files(
     part_size: int,
     rep: Reporter,
     force_sha256: bool,
+    trust: TrustPolicy,
 ) -> tuple[int, int]:
     sums_bytes = await retrying(lambda: source.read_bytes(SUMS_NAME), rep)
     manifest_bytes = await retrying(lambda: source.read_bytes(MANIFEST_NAME), rep)
+    signature = await _signature_bytes(source, rep)
+    signer = _check_remote_signature(source, tmp, signature, trust, manifest_bytes, sums_bytes)
     sums = parse_sums(sums_bytes.decode("utf-8"), source.join(SUMS_NAME))
+    if signer is not None:
+        check_file_set(source.describe(), set(sums), signer)
     manifest = parse_manifest(manifest_bytes.decode("utf-8"), source.join(MANIFEST_NAME))
     for rel in sums:
         check_pickle_free(Path(rel), manifest)  # refuse before downloading, not after
@@ -217,7 +263,14 @@ async def _pull_files(
                 f"{rel}: size mismatch: {sizes[rel]} bytes at {source.describe()}, "
                 f"{entry.size} in the manifest; nothing was published"
             )
-        if entry is not None and entry.blake3 and not force_sha256:
+        if signer is not None and entry is not None and entry.blake3 != signer.digests[rel]:
+            raise IntegrityError(
+                f"{source.join(MANIFEST_NAME)}: {rel}: the manifest's BLAKE3 differs from the "
+                "signed one; nothing was published"
+            )
+        if signer is not None and not force_sha256:
+            algo, expected = "blake3", signer.digests[rel]  # stream-verified against the signature
+        elif entry is not None and entry.blake3 and not force_sha256:
             algo, expected = "blake3", entry.blake3
         else:
             algo, expected = "sha256", sums[rel]
@@ -232,8 +285,40 @@ async def _pull_files(
         part_size,
         rep,
         data,
-        [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)],
+        [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)]
+        + ([(SIGNATURE_NAME, signature)] if signature is not None else []),
     )
+
+
+async def _signature_bytes(source: Source, rep: Reporter) -> bytes | None:
+    try:
+        return await retrying(lambda: source.read_bytes(SIGNATURE_NAME), rep)
+    except SourceNotFoundError:
+        return None
+
+
+def _check_remote_signature(
+    source: Source,
+    tmp: Path,
+    signature: bytes | None,
+    trust: TrustPolicy,
+    manifest_bytes: bytes,
+    sums_bytes: bytes,
+) -> Signer | None:
+    """Before any weight is fetched: the signature, and the metadata bytes it covers."""
+    scratch = tmp / "signature"
+    scratch.mkdir(exist_ok=True)
+    (scratch / SIGNATURE_NAME).unlink(missing_ok=True)
+    if signature is not None:
+        (scratch / SIGNATURE_NAME).write_bytes(signature)
+    try:
+        signer = check_signature(scratch, trust)
+    except PodserveError as exc:
+        raise type(exc)(f"{exc.message.replace(str(scratch), source.describe())}") from None
+    where = Path(source.describe())
+    check_signed_bytes(where, signer, MANIFEST_NAME, manifest_bytes)
+    check_signed_bytes(where, signer, SUMS_NAME, sums_bytes)
+    return signer
 
 
 async def _pull_archive(
