@@ -15,7 +15,7 @@ from tests.tools import KEDA_SCHEMAS, venv_tool
 
 # --- trust: the suite's fixtures stage their model classes as model.py files of the version,
 # which an operator must allow (PODSERVE_ALLOW_VOLUME_CODE; the default refuses them). The
-# code-policy tests (tests/runtime/test_codepolicy.py, tests/integration/test_attacks.py) set
+# code-policy tests (tests/runtime/test_codepolicy.py, tests/test_attacks.py) set
 # it explicitly; server processes the tests start inherit this environment.
 os.environ.setdefault("PODSERVE_ALLOW_VOLUME_CODE", "yes")
 os.environ.setdefault("PODSERVE_ALLOWED_MODULES", "tests")  # tests/models.py, as if installed

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 from pathlib import Path
 
@@ -11,7 +9,6 @@ import pytest
 
 from podserve.cli import main
 from podserve.storage.repository import ModelRepository
-from podserve.storage.stage import stage_model
 
 
 def test_stage_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 
 def test_verify_exits_nonzero_with_the_reason(staged: Path) -> None:

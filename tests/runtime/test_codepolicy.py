@@ -13,7 +13,7 @@ import pytest
 from podserve.errors import CodePolicyError
 from podserve.runtime.codepolicy import check_kwargs, check_module_allowed
 from podserve.settings import Settings
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 from tests.runtime.conftest import load
 
 MANIFEST: dict[str, Any] = {

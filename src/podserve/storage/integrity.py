@@ -21,9 +21,9 @@ import blake3
 from podserve.errors import IntegrityError, ManifestError, UnsafeWeightsError
 from podserve.storage.manifest import MANIFEST_NAME, Manifest
 from podserve.storage.names import check_relative_path
-from podserve.storage.signature import SIGNATURE_NAME
 
 SUMS_NAME = "SHA256SUMS"
+SIGNATURE_NAME = "model.sig"  # storage/signature.py: an OpenSSF Model Signing bundle
 # Files a version carries that SHA256SUMS does not list: the manifest and the sums (covered
 # by the signature when there is one) and the signature itself (it cannot cover itself).
 METADATA_FILES = frozenset({MANIFEST_NAME, SUMS_NAME, SIGNATURE_NAME})

@@ -28,12 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from podserve.errors import (
-    IntegrityError,
-    PermanentTransferError,
-    PodserveError,
-    RepositoryError,
-)
+from podserve.errors import IntegrityError, PermanentTransferError, RepositoryError
 from podserve.storage.archive import ArchiveLimits, extract_archive
 from podserve.storage.download import (
     JOURNAL,
@@ -54,22 +49,10 @@ from podserve.storage.integrity import (
 )
 from podserve.storage.manifest import MANIFEST_NAME, parse_manifest
 from podserve.storage.names import check_model_name, check_version
+from podserve.storage.pull_signature import check_remote_signature, download_digest, signature_bytes
 from podserve.storage.repository import ModelRepository, open_version, refuse_link
-from podserve.storage.signature import (
-    SIGNATURE_NAME,
-    Signer,
-    TrustPolicy,
-    check_file_set,
-    check_signature,
-    check_signed_bytes,
-)
-from podserve.storage.sources.base import (
-    ARCHIVE_SUFFIXES,
-    Source,
-    SourceNotFoundError,
-    SourceOptions,
-    open_source,
-)
+from podserve.storage.signature import SIGNATURE_NAME, TrustPolicy, check_file_set
+from podserve.storage.sources.base import ARCHIVE_SUFFIXES, Source, SourceOptions, open_source
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_PART_SIZE = 32 * 1024 * 1024
@@ -110,11 +93,7 @@ def pull(
     archive_limits: ArchiveLimits | None = None,
     trust: TrustPolicy | None = None,
 ) -> PullResult:
-    """Pull the model version at ``uri`` into ``dest`` (``ROOT/NAME/VERSION``).
-
-    With ``trust``, the signature is checked before any weight is downloaded and the
-    version is verified against it before it is published.
-    """
+    """Pull ``uri`` into ``dest`` (``ROOT/NAME/VERSION``); ``trust``: signatures checked first."""
     return asyncio.run(
         pull_async(
             uri,
@@ -171,15 +150,14 @@ async def pull_async(
                         fetched, total = await _pull_archive(
                             source, tmp, data, concurrency, part_size, rep, archive_limits
                         )
-                        # An archive is verified once extracted: signature, listing, digests.
+                        # verified once extracted: signature, listing, digests
                         mv = await asyncio.to_thread(open_version, data, name, version, trust)
                         await asyncio.to_thread(verify_digests, mv.listing)
                     else:
                         fetched, total = await _pull_files(
                             source, tmp, data, concurrency, part_size, rep, force_sha256, trust
                         )
-                        # Digests were checked while streaming (against the signed ones when
-                        # signed); this repeats the signature and listing checks on the result.
+                        # digests checked while streaming; signature and listing once more
                         await asyncio.to_thread(open_version, data, name, version, trust)
             except BaseException:
                 if not (tmp / JOURNAL).exists():  # nothing worth resuming: leave no trace
@@ -243,8 +221,8 @@ async def _pull_files(
 ) -> tuple[int, int]:
     sums_bytes = await retrying(lambda: source.read_bytes(SUMS_NAME), rep)
     manifest_bytes = await retrying(lambda: source.read_bytes(MANIFEST_NAME), rep)
-    signature = await _signature_bytes(source, rep)
-    signer = _check_remote_signature(source, tmp, signature, trust, manifest_bytes, sums_bytes)
+    signature = await signature_bytes(source, rep)
+    signer = check_remote_signature(source, tmp, signature, trust, manifest_bytes, sums_bytes)
     sums = parse_sums(sums_bytes.decode("utf-8"), source.join(SUMS_NAME))
     if signer is not None:
         check_file_set(source.describe(), set(sums), signer)
@@ -263,17 +241,8 @@ async def _pull_files(
                 f"{rel}: size mismatch: {sizes[rel]} bytes at {source.describe()}, "
                 f"{entry.size} in the manifest; nothing was published"
             )
-        if signer is not None and entry is not None and entry.blake3 != signer.digests[rel]:
-            raise IntegrityError(
-                f"{source.join(MANIFEST_NAME)}: {rel}: the manifest's BLAKE3 differs from the "
-                "signed one; nothing was published"
-            )
-        if signer is not None and not force_sha256:
-            algo, expected = "blake3", signer.digests[rel]  # stream-verified against the signature
-        elif entry is not None and entry.blake3 and not force_sha256:
-            algo, expected = "blake3", entry.blake3
-        else:
-            algo, expected = "sha256", sums[rel]
+        b3 = entry.blake3 if entry is not None else None
+        algo, expected = download_digest(rel, b3, sums[rel], signer, force_sha256)
         jobs.append(FileJob(rel, data / rel, sizes[rel], algo, expected))  # type: ignore[arg-type]
     fp = fingerprint(source.describe(), sums_bytes, manifest_bytes, part_size, source.ranged)
     return await _run(
@@ -288,37 +257,6 @@ async def _pull_files(
         [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)]
         + ([(SIGNATURE_NAME, signature)] if signature is not None else []),
     )
-
-
-async def _signature_bytes(source: Source, rep: Reporter) -> bytes | None:
-    try:
-        return await retrying(lambda: source.read_bytes(SIGNATURE_NAME), rep)
-    except SourceNotFoundError:
-        return None
-
-
-def _check_remote_signature(
-    source: Source,
-    tmp: Path,
-    signature: bytes | None,
-    trust: TrustPolicy,
-    manifest_bytes: bytes,
-    sums_bytes: bytes,
-) -> Signer | None:
-    """Before any weight is fetched: the signature, and the metadata bytes it covers."""
-    scratch = tmp / "signature"
-    scratch.mkdir(exist_ok=True)
-    (scratch / SIGNATURE_NAME).unlink(missing_ok=True)
-    if signature is not None:
-        (scratch / SIGNATURE_NAME).write_bytes(signature)
-    try:
-        signer = check_signature(scratch, trust)
-    except PodserveError as exc:
-        raise type(exc)(f"{exc.message.replace(str(scratch), source.describe())}") from None
-    where = Path(source.describe())
-    check_signed_bytes(where, signer, MANIFEST_NAME, manifest_bytes)
-    check_signed_bytes(where, signer, SUMS_NAME, sums_bytes)
-    return signer
 
 
 async def _pull_archive(

@@ -33,15 +33,14 @@ from typing import TYPE_CHECKING, Any
 import blake3
 
 from podserve.errors import ConfigurationError, SignatureError
+from podserve.storage.integrity import SIGNATURE_NAME, SUMS_NAME, Listing
 from podserve.storage.manifest import MANIFEST_NAME
 
 if TYPE_CHECKING:
     from podserve.settings import Settings
-    from podserve.storage.integrity import Listing
 
-SIGNATURE_NAME = "model.sig"
+__all__ = ["SIGNATURE_NAME", "Signer", "TrustPolicy", "TrustedKey", "sign_version"]
 KEY_SUFFIXES = (".pub", ".pem")
-_SUMS_NAME = "SHA256SUMS"  # integrity.SUMS_NAME; integrity imports this module
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,7 @@ def check_signed_bytes(version_dir: Path, signer: Signer | None, name: str, data
 
 def check_file_set(where: object, listed: set[str], signer: Signer) -> None:
     """The files of a version (``listed`` by SHA256SUMS) must be exactly the signed ones."""
-    present = listed | {MANIFEST_NAME, _SUMS_NAME}
+    present = listed | {MANIFEST_NAME, SUMS_NAME}
     extra = sorted(present - signer.digests.keys())
     missing = sorted(signer.digests.keys() - present)
     if extra:

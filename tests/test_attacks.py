@@ -25,12 +25,12 @@ import yaml
 
 from podserve.storage.integrity import digest_files, format_sums
 from podserve.storage.signature import sign_version
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 from tests.models import MODELS
 from tests.storage.test_signature import make_key
 from tests.storage.transfer_servers import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 IDENTITY = {"runtime": "python", **MODELS["identity"][1]}
 GOOD = {**IDENTITY, "options": {"module": "tests.models:Identity"}}
 
