@@ -69,7 +69,7 @@ def publisher(tmp_path: Path, moto_endpoint: str, s3_bucket: str) -> Publisher:
         env=env,
     )  # fmt: skip
     signed = ok("sign", str(version), "--key", str(keys / "release.key"), env=env)
-    assert f"signed ident/1: {version / 'model.sig'}" in signed
+    assert f"signed ident:1: {version / 'model.sig'}" in signed
     cluster = {
         **env,
         "PODSERVE_TRUSTED_KEYS_DIR": str(trusted),
@@ -94,7 +94,7 @@ def test_sign_push_pull_serve_with_a_required_signature(
     ok("pull", uri, str(volume / "ident" / "1"), env=cluster)
     assert (volume / "ident" / "1" / "model.sig").is_file()
     verified = ok("verify", str(volume), env=cluster)
-    assert "ok      ident/1" in verified
+    assert "ok      ident:1" in verified
     assert "signed by release (sha256:" in verified
 
     port = free_port()

@@ -37,7 +37,7 @@ def _sign(args: argparse.Namespace) -> int:
 
     private = serialization.load_pem_private_key(args.key.read_bytes(), None)
     print(
-        f"signed {name}/{version}: {path} ({len(mv.listing.files) + 2} files, key "
+        f"signed {name}:{version}: {path} ({len(mv.listing.files) + 2} files, key "
         f"sha256:{key_fingerprint(private.public_key())[:16]})"
     )
     return 0
