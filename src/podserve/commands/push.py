@@ -38,7 +38,7 @@ def _push(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             force=args.force,
             reporter=reporter,
-            trust=TrustPolicy.from_settings(Settings()),  # type: ignore[call-arg]
+            trust=TrustPolicy.from_settings(Settings()),
         )
     finally:
         reporter.finish()

@@ -59,7 +59,7 @@ def _split(args: argparse.Namespace) -> int:
         args.stages,
         by=args.by,
         activations=args.activations,
-        trust=TrustPolicy.from_settings(Settings()),  # type: ignore[call-arg]
+        trust=TrustPolicy.from_settings(Settings()),
     )
     out = args.out or default_path(pipeline.model, pipeline.version, pipeline.k)
     out.parent.mkdir(parents=True, exist_ok=True)
