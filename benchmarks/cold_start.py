@@ -6,15 +6,18 @@ written under /tmp/podserve-bench/cold-start and deleted at the end), with the p
 
 * raw read: the weight files read with large ``readinto`` chunks into one buffer allocated
   once (the physical floor of any load);
-* podserve's load with ``verify=size`` (mmap and read strategies) and with full BLAKE3
-  verification (mmap and read), each in a fresh process whose imports are done before the
-  cache is dropped and the clock starts; the first inference after the load is timed too
-  (a lazy mmap load pays its page faults there);
+* podserve's load with ``verify=size`` (mmap and read strategies), with full BLAKE3
+  verification (mmap and read), and signed (``podserve sign``; the signature checked against
+  a trusted key, signatures required, then the same single verified read), each in a fresh
+  process whose imports are done before the cache is dropped and the clock starts; the first
+  inference after the load is timed too (a lazy mmap load pays its page faults there); the
+  signature library's import is timed on its own (``signature_import_seconds``);
 * time to ready: ``python -m podserve serve`` spawned, ``/v2/health/ready`` polled, against
   the floor ``python -c "import torch"`` + raw read + one inference.
 
     sudo python benchmarks/cold_start.py            # about 3 minutes
     python benchmarks/cold_start.py --layers 2      # a quick look (~0.5 GB decoder)
+    sudo python benchmarks/cold_start.py --signed-only   # only the signed rows (below)
 
 Prints a markdown table and writes benchmarks/results/cold_start.json; ``cold_start_seconds``
 there is the demo's cold-cache process start → ready time (the planner reads it).
@@ -42,6 +45,7 @@ CHUNK = 32 * 1024 * 1024
 DEMO = "minilm"
 SYNTH = "decoder"
 LOADS = [("size", "mmap"), ("size", "read"), ("full", "mmap"), ("full", "read")]
+SIGNED_LOADS = [("signed", "mmap"), ("signed", "read")]  # full verification + signature
 
 
 # --- children: each measurement runs in a fresh process -----------------------------------
@@ -102,11 +106,17 @@ def child_load(root: str, model: str, verify: str, strategy: str, cold: bool) ->
     from podserve.settings import Settings
     from podserve.storage.repository import ModelRepository
 
-    settings = Settings(verify=verify, read_strategy=strategy)  # type: ignore[arg-type]
+    trust: dict[str, Any] = {}
+    if verify == "signed":
+        from model_signing._signing import sign_ec_key, sign_sigstore_pb  # noqa: F401
+
+        verify = "full"
+        trust = {"trusted_keys_dir": str(Path(root).parent / "trusted"), "require_signature": True}
+    settings = Settings(verify=verify, read_strategy=strategy, **trust)  # type: ignore[arg-type]
     if cold:
         drop_caches()
     start = time.perf_counter()
-    instance = create_model(ModelRepository(root).open(model), settings)
+    instance = create_model(ModelRepository.from_settings(settings, root).open(model), settings)
     instance.load()
     loaded = time.perf_counter()
     batch = instance.warmup_inputs()
@@ -114,6 +124,7 @@ def child_load(root: str, model: str, verify: str, strategy: str, cold: bool) ->
     first = time.perf_counter()
     instance.infer(batch)
     second = time.perf_counter()
+    signer = instance.version.signer
     return {
         "load_seconds": loaded - start,
         "first_infer_seconds": first - loaded,
@@ -121,7 +132,18 @@ def child_load(root: str, model: str, verify: str, strategy: str, cold: bool) ->
         "verified": instance.report.verified,
         "bytes_read": instance.report.bytes_read,
         "implementation": instance.report.details.get("implementation"),
+        "signed_by": signer.describe() if signer else "",
     }
+
+
+def child_import() -> dict[str, Any]:
+    """What the first signed version costs a process once: importing model-signing."""
+    import podserve.storage.repository  # noqa: F401 - already paid by every server
+
+    start = time.perf_counter()
+    from model_signing._signing import sign_ec_key, sign_sigstore_pb  # noqa: F401
+
+    return {"seconds": time.perf_counter() - start}
 
 
 # --- the parent --------------------------------------------------------------------------
@@ -142,9 +164,12 @@ def free_port() -> int:
         return port
 
 
-def time_to_ready(root: Path, model: str, cold: bool) -> float:
+def time_to_ready(root: Path, model: str, cold: bool, signed: bool = False) -> float:
     port = free_port()
     env = {**os.environ, "PODSERVE_DRAIN_GRACE_SECONDS": "0", "PODSERVE_LOG_LEVEL": "WARNING"}
+    if signed:
+        env["PODSERVE_TRUSTED_KEYS_DIR"] = str(root.parent / "trusted")
+        env["PODSERVE_REQUIRE_SIGNATURE"] = "true"
     cmd = [sys.executable, "-m", "podserve", "serve", str(root), "--model", model,
            "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0"]  # fmt: skip
     if cold:
@@ -204,6 +229,33 @@ def stage_models(root: Path, scratch: Path, layers: int, hidden: int) -> None:
     shutil.rmtree(src)
 
 
+def sign_models(root: Path) -> None:
+    """Sign both versions with a fresh key; its public half goes to ``<scratch>/trusted``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from podserve.storage.signature import sign_version
+
+    trusted = root.parent / "trusted"
+    trusted.mkdir(exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = root.parent / "bench.key"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (trusted / "bench.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    for model in (DEMO, SYNTH):
+        sign_version(root / model / "1", private)
+
+
 def measure(root: Path, model: str, cold: bool, repeat: int) -> dict[str, Any]:
     from podserve.storage.repository import ModelRepository
 
@@ -224,10 +276,12 @@ def measure(root: Path, model: str, cold: bool, repeat: int) -> dict[str, Any]:
             lambda v=verify, s=strategy: run_child("load", flag, str(root), model, v, s),
             "load_seconds",
         )
-        for verify, strategy in LOADS
+        for verify, strategy in LOADS + SIGNED_LOADS
     }
     torch_s = best(lambda: import_torch_seconds(cold))
     ready = best(lambda: time_to_ready(root, model, cold))
+    ready_signed = best(lambda: time_to_ready(root, model, cold, signed=True))
+    signature_import = best(lambda: run_child("import", flag)["seconds"])
     # A fresh process's first inference (torch initialises lazily); weights are resident.
     infer = loads["full/read"]["first_infer_seconds"]
     floor = torch_s + raw["seconds"] + infer
@@ -244,15 +298,84 @@ def measure(root: Path, model: str, cold: bool, repeat: int) -> dict[str, Any]:
         "floor_seconds": floor,
         "ready_seconds": ready,
         "ready_over_floor": ready / floor,
+        "ready_signed_seconds": ready_signed,
+        "signature_import_seconds": signature_import,
+        "signed_over_full": {
+            s: loads[f"signed/{s}"]["load_seconds"] / loads[f"full/{s}"]["load_seconds"]
+            for s in ("mmap", "read")
+        },
     }
+
+
+def measure_signed(root: Path, model: str, cold: bool, repeat: int) -> dict[str, Any]:
+    """Load + verify against signed load + verify, interleaved so drift hits both alike."""
+    flag = "cold" if cold else "warm"
+    runs: dict[str, list[dict[str, Any]]] = {f"{v}/{s}": [] for v in ("full", "signed")
+                                             for s in ("mmap", "read")}  # fmt: skip
+    for _ in range(repeat):
+        for strategy in ("mmap", "read"):
+            for verify in ("full", "signed"):
+                child = run_child("load", flag, str(root), model, verify, strategy)
+                runs[f"{verify}/{strategy}"].append(child)
+    loads = {k: min(v, key=lambda r: r["load_seconds"]) for k, v in runs.items()}
+    return {
+        "model": model,
+        "cache": flag,
+        "repeat": repeat,
+        "loads": loads,
+        "all_load_seconds": {k: [r["load_seconds"] for r in v] for k, v in runs.items()},
+        "signed_over_full": {
+            s: loads[f"signed/{s}"]["load_seconds"] / loads[f"full/{s}"]["load_seconds"]
+            for s in ("mmap", "read")
+        },
+        "signature_import_seconds": min(run_child("import", flag)["seconds"] for _ in range(3)),
+    }
+
+
+def main_signed(args: argparse.Namespace, caches: list[bool]) -> int:
+    root = args.scratch / "models"
+    load_start = os.getloadavg()[0]
+    try:
+        stage_models(root, args.scratch, args.layers, args.hidden)
+        sign_models(root)
+        rows = [measure_signed(root, SYNTH, c, args.repeat) for c in caches]
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.scratch, ignore_errors=True)
+    for r in rows:
+        ld = r["loads"]
+        ratio = r["signed_over_full"]
+        print(
+            f"{r['model']} {r['cache']}: load+verify mmap {ld['full/mmap']['load_seconds']:.3f} s,"
+            f" signed {ld['signed/mmap']['load_seconds']:.3f} s ({ratio['mmap']:.3f}x); "
+            f"read {ld['full/read']['load_seconds']:.3f} s, "
+            f"signed {ld['signed/read']['load_seconds']:.3f} s ({ratio['read']:.3f}x); "
+            f"model-signing import {r['signature_import_seconds']:.2f} s"
+        )
+    load_end = os.getloadavg()[0]
+    print(f"load average: {load_start:.1f} at start, {load_end:.1f} at the end")
+    result = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+    result["signed"] = {
+        "command": "python benchmarks/cold_start.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+        "date": time.strftime("%Y-%m-%d"),
+        "decoder": {"layers": args.layers, "hidden": args.hidden},
+        "load_average_start_end": [load_start, load_end],
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote the signed rows into {args.out}", file=sys.stderr)
+    return 0
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| model | cache | weights | raw read (I/O only) | load size/mmap (+1st infer) "
         "| load size/read | load+verify mmap | load+verify read | verify/raw (mmap, read) "
-        "| start→ready | floor | ready/floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| signed mmap | signed read | signed/verify (mmap, read) "
+        "| start→ready | signed start→ready | floor | ready/floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ld = r["loads"]
@@ -266,7 +389,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {ld['size/read']['load_seconds']:.3f} s "
             f"| {mmap_full:.3f} s | {read_full:.3f} s "
             f"| {mmap_full / raw:.2f}x, {read_full / raw:.2f}x "
-            f"| {r['ready_seconds']:.2f} s | {r['floor_seconds']:.2f} s "
+            f"| {ld['signed/mmap']['load_seconds']:.3f} s "
+            f"| {ld['signed/read']['load_seconds']:.3f} s "
+            f"| {r['signed_over_full']['mmap']:.3f}x, {r['signed_over_full']['read']:.3f}x "
+            f"| {r['ready_seconds']:.2f} s | {r['ready_signed_seconds']:.2f} s "
+            f"| {r['floor_seconds']:.2f} s "
             f"| {r['ready_over_floor']:.2f}x |"
         )  # fmt: skip
     return "\n".join(lines)
@@ -280,6 +407,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="runs per cell (best of)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--signed-only",
+        action="store_true",
+        help="only load+verify vs signed load+verify of the decoder (updates 'signed' in --out)",
+    )
+    parser.add_argument("--warm-only", action="store_true", help="skip the cold-cache rows")
     args = parser.parse_args()
 
     try:
@@ -288,11 +421,16 @@ def main() -> int:
     except OSError as exc:
         print(f"cannot drop the page cache ({exc}); measuring warm only", file=sys.stderr)
         caches = [False]
+    if args.warm_only:
+        caches = [False]
+    if args.signed_only:
+        return main_signed(args, caches)
     root = args.scratch / "models"
     load_start = os.getloadavg()[0]  # other work on the machine makes every number noisy
     t0 = time.perf_counter()
     try:
         stage_models(root, args.scratch, args.layers, args.hidden)
+        sign_models(root)
         print(f"staged in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         rows = [measure(root, m, c, args.repeat) for m in (DEMO, SYNTH) for c in caches]
     finally:
@@ -324,6 +462,8 @@ if __name__ == "__main__":
         rest = sys.argv[4:]
         if kind == "raw":
             print(json.dumps(child_raw(rest, cold)))
+        elif kind == "import":
+            print(json.dumps(child_import()))
         else:
             print(json.dumps(child_load(rest[0], rest[1], rest[2], rest[3], cold)))
         sys.exit(0)

@@ -17,6 +17,8 @@ gRPC interceptor and the queue worker read these attributes; nothing else maps e
     │   ├── ManifestError                                        podserve.yaml missing or invalid
     │   ├── IntegrityError                                       checksums, sizes, unlisted files
     │   ├── UnsafeWeightsError                                   would need unpickling
+    │   ├── SignatureError                                       unsigned, unknown key, tampered
+    │   ├── CodePolicyError                                      code the operator did not allow
     │   └── AcceleratorUnavailableError                          device/require_accelerator unmet
     ├── InvalidNameError                  400  INVALID_ARGUMENT  a name that could escape the root
     ├── ModelNotFoundError                404  NOT_FOUND
@@ -93,6 +95,14 @@ class IntegrityError(ModelDirectoryError):
 
 class UnsafeWeightsError(ModelDirectoryError):
     pass
+
+
+class SignatureError(ModelDirectoryError):
+    """The version's signature is missing (when required), invalid, or from an unknown key."""
+
+
+class CodePolicyError(ModelDirectoryError):
+    """The manifest names code the operator did not allow (module, volume code, kwargs)."""
 
 
 class AcceleratorUnavailableError(ModelDirectoryError):

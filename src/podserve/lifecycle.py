@@ -43,7 +43,9 @@ class Server:
         grpc: bool = True,
     ) -> None:
         self.settings = settings
-        self.dataplane = DataPlane(ModelRepository(settings.model_root), settings, factory=factory)
+        self.dataplane = DataPlane(
+            ModelRepository.from_settings(settings), settings, factory=factory
+        )
         self.surfaces: list[Any] = []
         self._want_http = http and settings.http_port > 0
         self._want_grpc = grpc and settings.grpc_port > 0

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,6 +46,28 @@ class Settings(BaseSettings):
         100_000, description="podserve pull: the most members one archive may hold."
     )
 
+    # --- trust (THREAT_MODEL.md) --------------------------------------------------------
+    trusted_keys_dir: Path | None = Field(
+        None,
+        description="Directory of trusted public keys (PEM, *.pub or *.pem; a Secret or "
+        "ConfigMap volume). Signed versions are verified against them before any byte is used.",
+    )
+    require_signature: bool = Field(
+        False,
+        description="Refuse model versions without a signature from a trusted key "
+        "(needs trusted_keys_dir).",
+    )
+    allowed_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Module prefixes a manifest's options.module may import (comma-separated, "
+        "e.g. mycompany.models); nothing else is imported on a manifest's behalf.",
+    )
+    allow_volume_code: Literal["no", "signed", "yes"] = Field(
+        "no",
+        description="May a version's own .py files run (options.module: model.py:Class)? no; "
+        "signed = only in versions signed by a trusted key; yes = any verified version.",
+    )
+
     # --- serving surfaces ---------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Address the HTTP and gRPC servers bind.")
     http_port: int = Field(
@@ -60,7 +82,7 @@ class Settings(BaseSettings):
     repository_api: bool = Field(
         False, description="Enable /v2/repository load/unload (needs admin_token when set)."
     )
-    admin_token: str | None = Field(
+    admin_token: SecretStr | None = Field(
         None, description="Bearer token required by the repository (admin) endpoints."
     )
 
@@ -126,7 +148,10 @@ class Settings(BaseSettings):
     )
 
     # --- queue worker -------------------------------------------------------------------
-    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    amqp_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="RabbitMQ URL (a secret: its password never appears in logs or errors).",
+    )
     queue: str | None = Field(None, description="Consume v2 requests from this queue.")
     dead_letter_queue: str | None = Field(None, description="Defaults to '<queue>.dlq'.")
     delivery_limit: int = Field(
@@ -225,6 +250,14 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @field_validator("allowed_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        """``PODSERVE_ALLOWED_MODULES=mycompany.models,transformers``."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
@@ -249,6 +282,8 @@ def render_markdown() -> str:
     ]
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        if isinstance(default, SecretStr):  # the default (guest:guest) is no secret
+            default = default.get_secret_value()
         lines.append(f"| `PODSERVE_{name.upper()}` | `{default}` | {field.description or ''} |")
     return "\n".join(lines) + "\n"
 

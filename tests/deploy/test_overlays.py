@@ -231,3 +231,17 @@ def test_monitoring_scrapes_the_metrics_route(build: Callable[[str], list[Obj]])
         p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
     ]
     assert int(annotations["prometheus.io/port"]) in ports
+
+
+def test_signed_models_mount_the_trusted_keys(build: Callable[[str], list[Obj]]) -> None:
+    objects = build("overlays/signed-models")
+    config = one(objects, "ConfigMap")["data"]
+    assert config["PODSERVE_REQUIRE_SIGNATURE"] == "true"
+    keys_dir = config["PODSERVE_TRUSTED_KEYS_DIR"]
+    assert config["PODSERVE_MODELS"]  # merged into the base's settings, not replacing them
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "trusted-keys")
+    assert volume["configMap"]["name"] == "podserve-trusted-keys"
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "trusted-keys")
+    assert mount == {"name": "trusted-keys", "mountPath": keys_dir, "readOnly": True}

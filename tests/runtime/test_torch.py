@@ -117,7 +117,7 @@ def test_importable_module_with_kwargs(tmp_path: Path) -> None:
         "options": {"module": "torch.nn:Linear",
                     "kwargs": {"in_features": 3, "out_features": 2}},
     })  # fmt: skip
-    model = load(tmp_path / "repo", "lin")
+    model = load(tmp_path / "repo", "lin", allowed_modules=["torch.nn"])
     x = np.ones((2, 3), np.float32)
     with torch.no_grad():
         expected = linear(torch.from_numpy(x)).numpy()
@@ -177,9 +177,10 @@ def test_pickled_weights_need_the_opt_in(tmp_path: Path) -> None:
     (src / "model.py").write_text(NET)
     files = {"model.pt": src / "model.pt", "model.py": src / "model.py"}
     manifest = {**MANIFEST, "options": {**MANIFEST["options"], "weights": "model.pt"}}
-    stage_model(files, tmp_path / "repo" / "pt" / "1", manifest)
+    # stage refuses what verify and serve would refuse, before copying anything
     with pytest.raises(UnsafeWeightsError, match=r"model\.pt: \.pt files are loaded by unpickling"):
-        load(tmp_path / "repo", "pt")
+        stage_model(files, tmp_path / "repo" / "pt" / "1", manifest)
+    assert not (tmp_path / "repo" / "pt" / "1").exists()
     stage_model(files, tmp_path / "repo" / "ok" / "1", {**manifest, "allow_torch_load": True})
     model = load(tmp_path / "repo", "ok")
     assert model.infer({"x": np.zeros((1, 4), np.float32)})["scores"].shape == (1, 2)
@@ -198,4 +199,4 @@ def test_manifest_errors(tmp_path: Path, version_src: dict[str, Path]) -> None:
             version_src, tmp_path / "repo" / f"m{i}" / "1", {**MANIFEST, "options": options}
         )
         with pytest.raises((ManifestError, ModelDirectoryError), match=message):
-            load(tmp_path / "repo", f"m{i}")
+            load(tmp_path / "repo", f"m{i}", allowed_modules=["no_such_pkg_xyz", "collections"])

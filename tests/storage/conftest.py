@@ -17,6 +17,7 @@ IDENT_MANIFEST = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [4]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [4]}],
     "max_batch_size": 8,
+    "options": {"module": "tests.models:Identity"},
 }
 
 

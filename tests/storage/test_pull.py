@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
 from podserve.errors import (
     IntegrityError,
@@ -27,7 +29,7 @@ from podserve.storage.pull import pull
 from podserve.storage.push import push
 from podserve.storage.repository import ModelRepository
 from podserve.storage.sources.base import SourceOptions, redact
-from tests.storage.transfer_servers import RangeServer, free_port, make_model, s3_env
+from tests.storage.transfer_servers import MANIFEST, RangeServer, free_port, make_model, s3_env
 
 WEIGHTS = os.urandom(3 * 1024 * 1024 + 17)
 FILES = {"model.safetensors": WEIGHTS, "config.json": b'{"a": 1}', "sub/vocab.txt": b"a\nb\n"}
@@ -322,7 +324,14 @@ def test_names_and_pickles_are_refused(tmp_path: Path) -> None:
     for bad in ("../1", "m/..", "m/0", "m/latest", "bad name/1"):
         with pytest.raises(InvalidNameError):
             pull(str(src), tmp_path / "models" / bad)
-    pickled = make_model(tmp_path / "staged" / "p" / "1", {"model.bin": b"x"})
+    with pytest.raises(UnsafeWeightsError):  # stage refuses it as verify and serve do
+        make_model(tmp_path / "staged" / "p" / "1", {"model.bin": b"x"})
+    # a hand-made version with a pickle (manifest without allow_torch_load): pull refuses it
+    pickled = tmp_path / "staged" / "p" / "1"
+    pickled.mkdir(parents=True)
+    (pickled / "model.bin").write_bytes(b"x")
+    (pickled / "SHA256SUMS").write_text(f"{hashlib.sha256(b'x').hexdigest()}  model.bin\n")
+    (pickled / "podserve.yaml").write_text(yaml.safe_dump(MANIFEST))
     with pytest.raises(UnsafeWeightsError):
         pull(str(pickled), tmp_path / "models" / "p" / "1")
     assert not (tmp_path / "models" / "p" / "1").exists()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from podserve.errors import (
     IntegrityError,
@@ -192,14 +195,26 @@ def test_symlink_is_refused(staged: Path, tmp_path: Path) -> None:
         ModelRepository(staged).open("ident")
 
 
+def _hand_made(dest: Path, files: dict[str, bytes], manifest: dict[str, object]) -> None:
+    """A version written without ``podserve stage`` (which would refuse pickles up front)."""
+    dest.mkdir(parents=True)
+    for name, data in files.items():
+        (dest / name).write_bytes(data)
+    (dest / "SHA256SUMS").write_text(
+        "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in files.items())
+    )
+    (dest / "podserve.yaml").write_text(yaml.safe_dump(manifest))
+
+
 @pytest.mark.parametrize("suffix", [".pkl", ".pt", ".bin", ".ckpt"])
 def test_pickle_weights_are_refused(tmp_path: Path, suffix: str) -> None:
     src = tmp_path / f"model{suffix}"
     src.write_bytes(b"\x80\x04K\x01.")  # a pickle
-    stage_model({src.name: src}, tmp_path / "root" / "m" / "1", IDENT_MANIFEST)
-    with pytest.raises(
-        UnsafeWeightsError, match=rf"model\{suffix}: {suffix} files are loaded by unpickling"
-    ):
+    message = rf"model\{suffix}: {suffix} files are loaded by unpickling"
+    with pytest.raises(UnsafeWeightsError, match=message):  # stage refuses it too
+        stage_model({src.name: src}, tmp_path / "root" / "m" / "1", IDENT_MANIFEST)
+    _hand_made(tmp_path / "root" / "m" / "1", {src.name: src.read_bytes()}, IDENT_MANIFEST)
+    with pytest.raises(UnsafeWeightsError, match=message):
         ModelRepository(tmp_path / "root").open("m")
 
 
@@ -210,10 +225,42 @@ def test_torch_load_opt_in_allows_pt_only(tmp_path: Path) -> None:
         {src.name: src}, tmp_path / "root" / "m" / "1", {**IDENT_MANIFEST, "allow_torch_load": True}
     )
     assert "model.pt" in ModelRepository(tmp_path / "root").open("m").listing.files
-    pkl = tmp_path / "model.pkl"
-    pkl.write_bytes(b"x")
-    stage_model(
-        {pkl.name: pkl}, tmp_path / "root" / "p" / "1", {**IDENT_MANIFEST, "allow_torch_load": True}
-    )
+    opted_in = {**IDENT_MANIFEST, "allow_torch_load": True}
+    with pytest.raises(UnsafeWeightsError):
+        stage_model({"model.pkl": src}, tmp_path / "root" / "p" / "1", opted_in)
+    _hand_made(tmp_path / "root" / "p" / "1", {"model.pkl": b"x"}, opted_in)
     with pytest.raises(UnsafeWeightsError):
         ModelRepository(tmp_path / "root").open("p")
+
+
+def _elsewhere(tmp_path: Path, staged: Path) -> Path:
+    """A copy of ident/1 outside the model root."""
+    outside = tmp_path / "elsewhere" / "ident"
+    shutil.copytree(staged / "ident", outside)
+    return outside
+
+
+@pytest.mark.parametrize("where", ["inside", "outside"])
+def test_a_linked_model_directory_is_refused(staged: Path, tmp_path: Path, where: str) -> None:
+    target = staged / "ident" if where == "inside" else _elsewhere(tmp_path, staged)
+    os.symlink(target, staged / "alias")
+    assert "alias" in ModelRepository(staged).models()  # listed, so serve reports it
+    message = rf"^{staged / 'alias'}: the model directory is a symbolic link \(to {target}\)"
+    with pytest.raises(IntegrityError, match=message):
+        ModelRepository(staged).open("alias")
+    with pytest.raises(IntegrityError, match=message):
+        ModelRepository(staged).verify("alias", "1")
+
+
+@pytest.mark.parametrize("where", ["inside", "outside"])
+def test_a_linked_version_directory_is_refused(staged: Path, tmp_path: Path, where: str) -> None:
+    target = Path("1") if where == "inside" else _elsewhere(tmp_path, staged) / "1"
+    os.symlink(target, staged / "ident" / "5")
+    message = (
+        rf"^{staged / 'ident' / '5'}: the version directory is a symbolic link \(to {target}\)"
+    )
+    with pytest.raises(IntegrityError, match=message):
+        ModelRepository(staged).open("ident")  # 5 is the newest
+    with pytest.raises(IntegrityError, match=message):
+        ModelRepository(staged).open("ident", "5")
+    assert ModelRepository(staged).open("ident", "1").version == "1"

@@ -18,6 +18,8 @@ COMMANDS = (
     "submit",
     "stage",
     "verify",
+    "sign",
+    "keygen",
     "pull",
     "push",
     "split",

@@ -74,7 +74,7 @@ def _check(args: argparse.Namespace, cuda_count: int) -> tuple[list[dict[str, An
 
     overrides: dict[str, Any] = {"model_root": Path(args.root)} if args.root else {}
     settings = Settings(**overrides)
-    repo = ModelRepository(settings.model_root)
+    repo = ModelRepository.from_settings(settings)
     refs = [parse_model_ref(r) for r in (args.models or settings.models)]
     if not refs:
         refs = [(name, None) for name in repo.models()]

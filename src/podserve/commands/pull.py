@@ -53,6 +53,7 @@ def _pull(args: argparse.Namespace) -> int:
     from podserve.settings import Settings
     from podserve.storage.archive import ArchiveLimits
     from podserve.storage.pull import pull
+    from podserve.storage.signature import TrustPolicy
     from podserve.storage.sources.base import redact
 
     settings = Settings()  # type: ignore[call-arg]
@@ -70,6 +71,7 @@ def _pull(args: argparse.Namespace) -> int:
             reporter=reporter,
             force_sha256=args.sha256,
             archive_limits=limits,
+            trust=TrustPolicy.from_settings(settings),  # the keys serve trusts, checked first
         )
     finally:
         reporter.finish()

@@ -25,7 +25,9 @@ def register(sub: Subparsers) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from podserve.settings import Settings
     from podserve.storage.push import push
+    from podserve.storage.signature import TrustPolicy
 
     reporter = make_reporter(args.progress, "push")
     try:
@@ -36,6 +38,7 @@ def _push(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             force=args.force,
             reporter=reporter,
+            trust=TrustPolicy.from_settings(Settings()),
         )
     finally:
         reporter.finish()

@@ -45,13 +45,21 @@ def register(sub: Subparsers) -> None:
 def _split(args: argparse.Namespace) -> int:
     from podserve.pipeline.split import split_model
     from podserve.pipeline.split_manifest import default_path
+    from podserve.settings import Settings
     from podserve.storage.repository import parse_model_ref
+    from podserve.storage.signature import TrustPolicy
 
     name, version = parse_model_ref(args.model)
     if args.tp is not None:
         return _split_tp(args, name, version)
     pipeline = split_model(
-        args.root, name, version, args.stages, by=args.by, activations=args.activations
+        args.root,
+        name,
+        version,
+        args.stages,
+        by=args.by,
+        activations=args.activations,
+        trust=TrustPolicy.from_settings(Settings()),
     )
     out = args.out or default_path(pipeline.model, pipeline.version, pipeline.k)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from podserve.commands import Subparsers
 from podserve.errors import ConfigurationError, PodserveError
@@ -14,8 +16,9 @@ def register(sub: Subparsers) -> None:
     verify = sub.add_parser(
         "verify",
         help="check a model repository without loading it",
-        description="Check manifests, listings, sizes and checksums. Exits non-zero with the "
-        "reason on the first problem.",
+        description="Check what serve checks, without loading: symbolic links, signatures "
+        "(PODSERVE_TRUSTED_KEYS_DIR, PODSERVE_REQUIRE_SIGNATURE), manifests, runtime options and "
+        "the code policy, listings, sizes and checksums. Exits non-zero with the reason.",
     )
     verify.add_argument("root", help="repository root")
     verify.add_argument("model", nargs="?", help="NAME or NAME:VERSION (default: all)")
@@ -27,15 +30,32 @@ def register(sub: Subparsers) -> None:
     verify.add_argument(
         "--size-only", action="store_true", help="check sizes, not digests (reported as such)"
     )
+    verify.add_argument(
+        "--trusted-keys", type=Path, metavar="DIR", help="public keys (PODSERVE_TRUSTED_KEYS_DIR)"
+    )
+    verify.add_argument(
+        "--require-signature",
+        action="store_true",
+        default=None,
+        help="refuse unsigned versions (PODSERVE_REQUIRE_SIGNATURE)",
+    )
     verify.set_defaults(handler=_verify)
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from podserve.runtime.checks import check_version_options
+    from podserve.settings import Settings
     from podserve.storage.integrity import verify_digests
     from podserve.storage.names import parse_model_ref
     from podserve.storage.repository import ModelRepository
 
-    repo = ModelRepository(args.root)
+    overrides: dict[str, Any] = {"model_root": Path(args.root)}
+    if args.trusted_keys is not None:
+        overrides["trusted_keys_dir"] = args.trusted_keys
+    if args.require_signature is not None:
+        overrides["require_signature"] = args.require_signature
+    settings = Settings(**overrides)
+    repo = ModelRepository.from_settings(settings)
     repo.check_root()
     if args.model:
         targets = [parse_model_ref(args.model)]
@@ -50,6 +70,7 @@ def _verify(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             mv = repo.open(name, version)
             label = f"{name}:{mv.version}"
+            check_version_options(mv, settings)  # before touching weights, as serve does
             n, total = len(mv.listing.files), mv.listing.total_bytes
             if args.size_only:
                 how = "sizes only (digests NOT checked)"
@@ -58,9 +79,10 @@ def _verify(args: argparse.Namespace) -> int:
                 fast = all(f.blake3 for f in mv.listing.files.values()) and not args.sha256
                 how = "BLAKE3 digests" if fast else "SHA-256 digests"
             secs = time.perf_counter() - started
+            signed = f", signed by {mv.signer.describe()}" if mv.signer else ""
             print(
                 f"ok      {label}: manifest (runtime {mv.manifest.runtime}), {n} files, "
-                f"{total / 1e6:.1f} MB, {how} checked in {secs:.2f}s"
+                f"{total / 1e6:.1f} MB, {how} checked in {secs:.2f}s{signed}"
             )
         except PodserveError as exc:
             failed += 1

@@ -51,6 +51,8 @@ def model_metadata(served: ServedModel) -> dict[str, Any]:
     if served.model is not None:
         meta["parameters"]["verified"] = served.model.report.verified
         meta["parameters"]["device"] = served.model.report.device
+        signer = served.model.version.signer
+        meta["parameters"]["signed_by"] = signer.describe() if signer else ""
     meta["parameters"].update(served.extra_metadata)
     return meta
 

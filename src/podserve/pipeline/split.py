@@ -28,6 +28,7 @@ from podserve.runtime.architectures import LayeredModel, find_architecture
 from podserve.runtime.safetensors_view import SafetensorsHeader, parse_header
 from podserve.storage.integrity import check_digest, expected_digest, new_hasher
 from podserve.storage.repository import ModelRepository, ModelVersion
+from podserve.storage.signature import TrustPolicy
 
 Balance = Literal["bytes", "time"]
 SAFETENSORS = "model.safetensors"
@@ -72,9 +73,10 @@ def split_model(
     *,
     by: Balance = "bytes",
     activations: str = "FP32",
+    trust: TrustPolicy | None = None,
 ) -> Pipeline:
     """Plan ``k`` stages of a model version; reads (and verifies) its weights once."""
-    mv = ModelRepository(root).open(name, version)
+    mv = ModelRepository(root, trust).open(name, version)
     config = read_config(mv)
     arch = find_architecture(config)
     if arch is None:

@@ -38,6 +38,7 @@ from podserve.runtime.model import Model
 from podserve.storage.manifest import Manifest, TensorSpec
 from podserve.storage.reader import read_range
 from podserve.storage.repository import ModelRepository, ModelVersion
+from podserve.storage.signature import TrustPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -77,8 +78,10 @@ def stage_manifest(base: Manifest, pipeline: Pipeline, index: int) -> Manifest:
 class StageRepository(ModelRepository):
     """The real repository, seen by a stage: one model, ``<model>-stage<I>``."""
 
-    def __init__(self, root: Any, pipeline: Pipeline, index: int) -> None:
-        super().__init__(root)
+    def __init__(
+        self, root: Any, pipeline: Pipeline, index: int, trust: TrustPolicy | None = None
+    ) -> None:
+        super().__init__(root, trust)
         self.pipeline, self.index = pipeline, index
         self.name = pipeline.stage_name(index)
 
@@ -274,7 +277,9 @@ async def _serve_stage(settings: Settings, pipeline: Pipeline, index: int) -> in
 
     server = Server(settings, factory=factory)
     dataplane = server.dataplane
-    dataplane.repository = StageRepository(settings.model_root, pipeline, index)
+    dataplane.repository = StageRepository(
+        settings.model_root, pipeline, index, TrustPolicy.from_settings(settings)
+    )
 
     def on_state(model: str, state: str) -> None:
         served = dataplane.models.get(model)

@@ -42,7 +42,11 @@ class VersionReader:
         self.version = version
         self.settings = settings
         self.report = report
-        self.full = settings.verify == "full" and version.manifest.verify == "full"
+        # A signed version is always checked in full: its signature is only as good as the
+        # digests compared with it.
+        self.full = version.signer is not None or (
+            settings.verify == "full" and version.manifest.verify == "full"
+        )
         self.consumed: set[str] = set()
         self._started = time.perf_counter()
         self._weight_check: str | None = None

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from podserve.errors import InferenceError, ManifestError, ModelDirectoryError, PodserveError
+from podserve.runtime.codepolicy import check_kwargs
 from podserve.runtime.loading import VersionReader
 from podserve.runtime.memory import is_out_of_memory, oom_error
 from podserve.runtime.model import Model
@@ -33,10 +34,8 @@ class PythonModel(Model):
     def load(self) -> None:
         reader = VersionReader(self.version, self.settings, self.report)
         opts = self.manifest.options
+        kwargs = check_kwargs(opts.get("kwargs"))
         cls = load_class(reader, opts.get("module"))
-        kwargs = opts.get("kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise ManifestError("invalid field 'options.kwargs': a mapping")
         device = choose_device(self.manifest, self.settings, cuda_count=_visible_cuda())
         reader.finish(device)  # user code reads the files itself: check them all first
         try:

@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from podserve.errors import ManifestError
+from podserve.runtime.checks import check_version_options
 
 if TYPE_CHECKING:
     from podserve.runtime.model import Model
@@ -25,10 +26,15 @@ RUNTIMES: dict[str, str] = {
 
 
 def create_model(version: ModelVersion, settings: Settings) -> Model:
-    """Instantiate (not load) the runtime named by the version's manifest."""
+    """Instantiate (not load) the runtime named by the version's manifest.
+
+    The options are checked first, as ``podserve verify`` checks them: the code policy and
+    the files the options name, before the runtime's framework is imported.
+    """
     target = RUNTIMES.get(version.manifest.runtime)
     if target is None:
         raise ManifestError(f"{version.path}: invalid field 'runtime': unknown runtime")
+    check_version_options(version, settings)
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     model: Model = cls(version, settings)

@@ -29,6 +29,7 @@ from podserve.errors import (
     PodserveError,
     ResourceExhaustedError,
 )
+from podserve.runtime.codepolicy import check_kwargs
 from podserve.runtime.loading import VersionReader
 from podserve.runtime.memory import is_out_of_memory, oom_error
 from podserve.runtime.model import Model
@@ -54,12 +55,10 @@ class TorchModel(Model):
         device = choose_device(self.manifest, self.settings)
         if self.settings.intra_op_threads:
             torch.set_num_threads(self.settings.intra_op_threads)
+        kwargs = check_kwargs(opts.get("kwargs"))
         cls = load_class(reader, opts.get("module"))
         if not issubclass(cls, torch.nn.Module):
             raise ManifestError(f"invalid field 'options.module': {cls.__name__} is no nn.Module")
-        kwargs = opts.get("kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise ManifestError("invalid field 'options.kwargs': a mapping")
         self._buffers: list[WeightBuffer]
         self._buffers, tensors = read_state_dict(reader, weight_files(reader, opts.get("weights")))
         try:

@@ -1,9 +1,11 @@
 """User classes named in a manifest: ``package.module:Class`` or ``model.py:Class``.
 
-A ``.py`` file inside the version directory is part of the checksummed model: its bytes are
-read once, verified, and executed from memory (``compile``/``exec``), so the code that runs
-is exactly the code that was checked, and no ``__pycache__`` is written under the read-only
-root. An importable ``package.module`` comes from the image, which the operator controls.
+What may be named is the operator's decision (:mod:`podserve.runtime.codepolicy`), checked
+before anything is imported or executed. A ``.py`` file inside the version directory is part
+of the checksummed (and, when signed, signed) model: its bytes are read once, verified, and
+executed from memory (``compile``/``exec``), so the code that runs is exactly the code that
+was checked, and no ``__pycache__`` is written under the read-only root. An importable
+``package.module`` comes from the image, which the operator controls.
 """
 
 from __future__ import annotations
@@ -16,27 +18,21 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from podserve.errors import ManifestError, ModelDirectoryError
+from podserve.runtime.codepolicy import check_module_allowed, parse_spec
 from podserve.runtime.loading import VersionReader
-
-_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
 def load_class(reader: VersionReader, spec: Any, field: str = "options.module") -> type:
-    """Resolve ``spec`` to a class; errors name the manifest field."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ManifestError(
-            f"invalid field '{field}': 'package.module:Class' or 'file.py:Class', got {spec!r}"
-        )
-    target, _, name = spec.rpartition(":")
+    """Resolve ``spec`` to a class the policy allows; errors name the manifest field."""
+    target, name = parse_spec(spec, field)
+    check_module_allowed(target, reader.settings, reader.version.signer, field)
     if target.endswith(".py"):
         module = _module_from_version(reader, target)
-    elif _DOTTED.fullmatch(target):
+    else:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise ManifestError(f"invalid field '{field}': cannot import {target}: {exc}") from None
-    else:
-        raise ManifestError(f"invalid field '{field}': {target!r} is neither a module nor a .py")
     cls = getattr(module, name, None)
     if not isinstance(cls, type):
         raise ManifestError(f"invalid field '{field}': {target} has no class {name!r}")

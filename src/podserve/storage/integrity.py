@@ -23,7 +23,10 @@ from podserve.storage.manifest import MANIFEST_NAME, Manifest
 from podserve.storage.names import check_relative_path
 
 SUMS_NAME = "SHA256SUMS"
-METADATA_FILES = frozenset({MANIFEST_NAME, SUMS_NAME})
+SIGNATURE_NAME = "model.sig"  # storage/signature.py: an OpenSSF Model Signing bundle
+# Files a version carries that SHA256SUMS does not list: the manifest and the sums (covered
+# by the signature when there is one) and the signature itself (it cannot cover itself).
+METADATA_FILES = frozenset({MANIFEST_NAME, SUMS_NAME, SIGNATURE_NAME})
 CHUNK = 16 * 1024 * 1024
 
 # Formats whose loaders unpickle, i.e. can run code. Refused unless the manifest opts into
@@ -136,15 +139,29 @@ class Listing:
         return sum(f.size for f in self.files.values())
 
 
-def check_listing(version_dir: Path, manifest: Manifest) -> Listing:
-    """Everything that can be checked without reading weights; raises the precise reason."""
+def read_sums(version_dir: Path) -> bytes:
     sums_path = version_dir / SUMS_NAME
     try:
-        sums = parse_sums(sums_path.read_text(encoding="utf-8"), str(sums_path))
+        return sums_path.read_bytes()
     except FileNotFoundError:
         raise IntegrityError(f"{sums_path}: missing; every weight file must be listed") from None
     except PermissionError:
         raise IntegrityError(f"{sums_path}: not readable (permission denied)") from None
+
+
+def check_listing(
+    version_dir: Path, manifest: Manifest, sums_bytes: bytes | None = None
+) -> Listing:
+    """Everything that can be checked without reading weights; raises the precise reason.
+
+    ``sums_bytes``: SHA256SUMS as already read (and checked against a signature).
+    """
+    sums_path = version_dir / SUMS_NAME
+    raw = read_sums(version_dir) if sums_bytes is None else sums_bytes
+    try:
+        sums = parse_sums(raw.decode("utf-8"), str(sums_path))
+    except UnicodeDecodeError:
+        raise IntegrityError(f"{sums_path}: not UTF-8 text") from None
     for name in manifest.files:
         if name not in sums:
             raise ManifestError(
@@ -175,10 +192,14 @@ def check_listing(version_dir: Path, manifest: Manifest) -> Listing:
 
 
 def check_pickle_free(path: Path, manifest: Manifest) -> None:
+    check_pickle_suffix(path, manifest.allow_torch_load)
+
+
+def check_pickle_suffix(path: Path, allow_torch_load: bool) -> None:
     suffix = path.suffix.lower()
     if suffix not in PICKLE_SUFFIXES:
         return
-    if manifest.allow_torch_load and suffix in TORCH_LOAD_SUFFIXES:
+    if allow_torch_load and suffix in TORCH_LOAD_SUFFIXES:
         return
     raise UnsafeWeightsError(
         f"{path}: {suffix} files are loaded by unpickling, which can run code; convert the "

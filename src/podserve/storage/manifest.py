@@ -129,12 +129,22 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
         raise ManifestError(f"{where}: invalid field '{field}': {first['msg']}") from None
 
 
-def load_manifest(version_dir: Path) -> Manifest:
+def read_manifest_bytes(version_dir: Path) -> bytes:
     path = version_dir / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest missing") from None
     except PermissionError:
         raise ManifestError(f"{path}: manifest not readable (permission denied)") from None
+
+
+def load_manifest(version_dir: Path, data: bytes | None = None) -> Manifest:
+    """Parse the version's manifest (``data``: its bytes as already read and checked)."""
+    path = version_dir / MANIFEST_NAME
+    raw = read_manifest_bytes(version_dir) if data is None else data
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not UTF-8 text") from None
     return parse_manifest(text, str(path))

@@ -49,7 +49,9 @@ from podserve.storage.integrity import (
 )
 from podserve.storage.manifest import MANIFEST_NAME, parse_manifest
 from podserve.storage.names import check_model_name, check_version
-from podserve.storage.repository import ModelRepository
+from podserve.storage.pull_signature import check_remote_signature, download_digest, signature_bytes
+from podserve.storage.repository import ModelRepository, open_version, refuse_link
+from podserve.storage.signature import SIGNATURE_NAME, TrustPolicy, check_file_set
 from podserve.storage.sources.base import ARCHIVE_SUFFIXES, Source, SourceOptions, open_source
 
 DEFAULT_CONCURRENCY = 8
@@ -89,8 +91,9 @@ def pull(
     reporter: Reporter | None = None,
     force_sha256: bool = False,
     archive_limits: ArchiveLimits | None = None,
+    trust: TrustPolicy | None = None,
 ) -> PullResult:
-    """Pull the model version at ``uri`` into ``dest`` (``ROOT/NAME/VERSION``)."""
+    """Pull ``uri`` into ``dest`` (``ROOT/NAME/VERSION``); ``trust``: signatures checked first."""
     return asyncio.run(
         pull_async(
             uri,
@@ -101,6 +104,7 @@ def pull(
             reporter=reporter,
             force_sha256=force_sha256,
             archive_limits=archive_limits,
+            trust=trust,
         )
     )
 
@@ -115,15 +119,19 @@ async def pull_async(
     reporter: Reporter | None = None,
     force_sha256: bool = False,
     archive_limits: ArchiveLimits | None = None,
+    trust: TrustPolicy | None = None,
 ) -> PullResult:
     root, name, version = split_destination(dest)
     dest = root / name / version
+    trust = trust or TrustPolicy()
+    refuse_link(root / name, "model directory")  # never publish through a link
+    refuse_link(dest, "version directory")
     rep: Reporter = reporter or _Quiet()
     started = time.perf_counter()
     source = open_source(uri, options)
     try:
         if dest.exists():
-            return await _already_present(source, root, name, version, started, rep)
+            return await _already_present(source, root, name, version, started, rep, trust)
         model_dir = root / name
         try:
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +140,7 @@ async def pull_async(
         lock_fd = await _lock(model_dir / f".pull-{version}.lock", rep, f"{name}/{version}")
         try:
             if dest.exists():  # another pull published it while we waited
-                return await _already_present(source, root, name, version, started, rep)
+                return await _already_present(source, root, name, version, started, rep, trust)
             tmp = model_dir / f".tmp-{version}"
             tmp.mkdir(exist_ok=True)
             data = tmp / "data"
@@ -142,10 +150,15 @@ async def pull_async(
                         fetched, total = await _pull_archive(
                             source, tmp, data, concurrency, part_size, rep, archive_limits
                         )
+                        # verified once extracted: signature, listing, digests
+                        mv = await asyncio.to_thread(open_version, data, name, version, trust)
+                        await asyncio.to_thread(verify_digests, mv.listing)
                     else:
                         fetched, total = await _pull_files(
-                            source, tmp, data, concurrency, part_size, rep, force_sha256
+                            source, tmp, data, concurrency, part_size, rep, force_sha256, trust
                         )
+                        # digests checked while streaming; signature and listing once more
+                        await asyncio.to_thread(open_version, data, name, version, trust)
             except BaseException:
                 if not (tmp / JOURNAL).exists():  # nothing worth resuming: leave no trace
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -160,7 +173,13 @@ async def pull_async(
 
 
 async def _already_present(
-    source: Source, root: Path, name: str, version: str, started: float, rep: Reporter
+    source: Source,
+    root: Path,
+    name: str,
+    version: str,
+    started: float,
+    rep: Reporter,
+    trust: TrustPolicy,
 ) -> PullResult:
     dest = root / name / version
     if not source.is_archive():
@@ -175,7 +194,7 @@ async def _already_present(
                 f"{dest} already exists with other content than {source.describe()}; "
                 "versions are immutable: publish a new version number or remove this one"
             )
-    mv = await asyncio.to_thread(ModelRepository(root).verify, name, version)
+    mv = await asyncio.to_thread(ModelRepository(root, trust).verify, name, version)
     rep.message(f"{dest} already present and verified; nothing to do")
     return PullResult(dest, mv.listing.total_bytes, 0, time.perf_counter() - started, True)
 
@@ -198,10 +217,15 @@ async def _pull_files(
     part_size: int,
     rep: Reporter,
     force_sha256: bool,
+    trust: TrustPolicy,
 ) -> tuple[int, int]:
     sums_bytes = await retrying(lambda: source.read_bytes(SUMS_NAME), rep)
     manifest_bytes = await retrying(lambda: source.read_bytes(MANIFEST_NAME), rep)
+    signature = await signature_bytes(source, rep)
+    signer = check_remote_signature(source, tmp, signature, trust, manifest_bytes, sums_bytes)
     sums = parse_sums(sums_bytes.decode("utf-8"), source.join(SUMS_NAME))
+    if signer is not None:
+        check_file_set(source.describe(), set(sums), signer)
     manifest = parse_manifest(manifest_bytes.decode("utf-8"), source.join(MANIFEST_NAME))
     for rel in sums:
         check_pickle_free(Path(rel), manifest)  # refuse before downloading, not after
@@ -217,10 +241,8 @@ async def _pull_files(
                 f"{rel}: size mismatch: {sizes[rel]} bytes at {source.describe()}, "
                 f"{entry.size} in the manifest; nothing was published"
             )
-        if entry is not None and entry.blake3 and not force_sha256:
-            algo, expected = "blake3", entry.blake3
-        else:
-            algo, expected = "sha256", sums[rel]
+        b3 = entry.blake3 if entry is not None else None
+        algo, expected = download_digest(rel, b3, sums[rel], signer, force_sha256)
         jobs.append(FileJob(rel, data / rel, sizes[rel], algo, expected))  # type: ignore[arg-type]
     fp = fingerprint(source.describe(), sums_bytes, manifest_bytes, part_size, source.ranged)
     return await _run(
@@ -232,7 +254,8 @@ async def _pull_files(
         part_size,
         rep,
         data,
-        [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)],
+        [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)]
+        + ([(SIGNATURE_NAME, signature)] if signature is not None else []),
     )
 
 

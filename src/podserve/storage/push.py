@@ -1,7 +1,8 @@
 """``podserve push``: publish a staged model version to object storage.
 
 The local version is fully verified first (a corrupt copy is never published). Weight files
-go up first, several at once, then ``podserve.yaml`` and ``SHA256SUMS`` last: a pull that
+go up first, several at once, then ``podserve.yaml``, ``model.sig`` (when signed) and
+``SHA256SUMS`` last: a pull that
 starts while a push is running either finds no ``SHA256SUMS`` (404, a clear error) or finds
 every file it lists. Pushing the same content again is a no-op; other content at the same
 destination is refused unless ``force``.
@@ -20,6 +21,7 @@ from podserve.storage.integrity import SUMS_NAME, parse_sums
 from podserve.storage.manifest import MANIFEST_NAME
 from podserve.storage.pull import _Quiet, split_destination
 from podserve.storage.repository import ModelRepository
+from podserve.storage.signature import SIGNATURE_NAME, TrustPolicy
 from podserve.storage.sources.base import Source, SourceNotFoundError, SourceOptions, open_source
 
 
@@ -39,11 +41,18 @@ def push(
     concurrency: int = 4,
     force: bool = False,
     reporter: Reporter | None = None,
+    trust: TrustPolicy | None = None,
 ) -> PushResult:
-    """Verify ``ROOT/NAME/VERSION`` and upload it under ``uri``."""
+    """Verify ``ROOT/NAME/VERSION`` (with ``trust``: its signature too) and upload it."""
     return asyncio.run(
         push_async(
-            src, uri, options=options, concurrency=concurrency, force=force, reporter=reporter
+            src,
+            uri,
+            options=options,
+            concurrency=concurrency,
+            force=force,
+            reporter=reporter,
+            trust=trust,
         )
     )
 
@@ -56,16 +65,20 @@ async def push_async(
     concurrency: int = 4,
     force: bool = False,
     reporter: Reporter | None = None,
+    trust: TrustPolicy | None = None,
 ) -> PushResult:
     root, name, version = split_destination(src)
     rep: Reporter = reporter or _Quiet()
     started = time.perf_counter()
-    mv = await asyncio.to_thread(ModelRepository(root).verify, name, version)
+    mv = await asyncio.to_thread(ModelRepository(root, trust).verify, name, version)
     local_sums = (mv.path / SUMS_NAME).read_text(encoding="utf-8")
     target = open_source(uri, options)
     try:
         remote = await _remote_sums(target)
+        signature = mv.path / SIGNATURE_NAME
         if remote is not None and remote == parse_sums(local_sums) and not force:
+            if signature.is_file():  # signed after an earlier push: the signature goes up
+                await target.put_file(signature, SIGNATURE_NAME)
             rep.message(f"{target.describe()} already holds this version; nothing to do")
             return PushResult(
                 target.describe(), mv.listing.total_bytes, time.perf_counter() - started, True
@@ -88,6 +101,8 @@ async def push_async(
             for f in files:
                 group.create_task(upload(f.name, f.size))
         await target.put_file(mv.path / MANIFEST_NAME, MANIFEST_NAME)
+        if signature.is_file():
+            await target.put_file(signature, SIGNATURE_NAME)
         await target.put_file(mv.path / SUMS_NAME, SUMS_NAME)  # last: marks it complete
         rep.finish()
         return PushResult(

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from podserve.errors import ConfigurationError
-from podserve.storage.integrity import METADATA_FILES, SUMS_NAME, digest_files, format_sums
+from podserve.storage.integrity import (
+    METADATA_FILES,
+    SUMS_NAME,
+    check_pickle_suffix,
+    digest_files,
+    format_sums,
+)
 from podserve.storage.manifest import MANIFEST_NAME, FileEntry, Manifest
 from podserve.storage.names import check_model_name, check_relative_path, check_version
 
@@ -36,7 +42,7 @@ def collect_files(src: Path) -> dict[str, Path]:
             if name in SKIP_NAMES:
                 continue
             rel = Path(dirpath, name).relative_to(src).as_posix()
-            if rel in METADATA_FILES:
+            if rel in METADATA_FILES:  # rewritten by stage; a signature would no longer match
                 continue
             out[check_relative_path(rel)] = Path(dirpath, name)
     return out
@@ -56,6 +62,8 @@ def stage_model(
     if dest.exists() and not overwrite:
         raise ConfigurationError(f"{dest} already exists (pass --overwrite to replace it)")
     base = manifest.model_dump() if isinstance(manifest, Manifest) else dict(manifest)
+    for rel in files:  # refuse what verify and serve would refuse, before copying anything
+        check_pickle_suffix(Path(rel), bool(base.get("allow_torch_load")))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".stage-{dest.name}-", dir=dest.parent))
     try:

@@ -178,7 +178,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         given = dict(context.invocation_metadata() or ()).get("authorization", "")
         if isinstance(given, bytes):
             given = given.decode("latin-1")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        expected = f"Bearer {token.get_secret_value()}".encode()
+        if not hmac.compare_digest(given.encode(), expected):
             raise UnauthorizedError(
                 "the repository API needs metadata 'authorization: Bearer <admin token>'"
             )

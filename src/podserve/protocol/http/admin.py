@@ -32,7 +32,7 @@ def check_admin(settings: Settings, req: RequestHeaders) -> None:
     token = settings.admin_token
     if token:
         given = req.auth[7:].strip() if req.auth[:7].lower() == b"bearer " else b""
-        if not hmac.compare_digest(given, token.encode()):
+        if not hmac.compare_digest(given, token.get_secret_value().encode()):
             raise UnauthorizedError("the repository API needs 'Authorization: Bearer <token>'")
 
 

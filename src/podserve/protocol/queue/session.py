@@ -29,9 +29,10 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from pydantic import SecretStr
 
 from podserve.errors import BrokerError, ConfigurationError, PodserveError
-from podserve.protocol.queue.connection import CONNECT_TIMEOUT_S, named_url
+from podserve.protocol.queue.connection import CONNECT_TIMEOUT_S, named_url, scrubbed
 from podserve.protocol.queue.errors import broker_errors
 from podserve.protocol.queue.topology import Topology, declare
 
@@ -71,10 +72,16 @@ class Session:
 
     @classmethod
     async def open(
-        cls, url: str, name: str, topology: Topology, results_exchange: str | None, number: int
+        cls,
+        url: SecretStr | str,
+        name: str,
+        topology: Topology,
+        results_exchange: str | None,
+        number: int,
     ) -> Session:
         """Connect, declare, open the channels; raises BrokerError or ConfigurationError."""
-        with broker_errors(f"connecting to RabbitMQ for queue '{topology.queue}'"):
+        where = f"connecting to RabbitMQ for queue '{topology.queue}'"
+        with scrubbed(url), broker_errors(where):
             connection = await aio_pika.connect(named_url(url, name), timeout=CONNECT_TIMEOUT_S)
         session = cls(connection, number)
         try:
@@ -87,7 +94,7 @@ class Session:
     @classmethod
     async def reopen(
         cls,
-        url: str,
+        url: SecretStr | str,
         name: str,
         topology: Topology,
         results_exchange: str | None,
