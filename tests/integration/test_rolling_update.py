@@ -22,6 +22,8 @@ pytestmark = pytest.mark.slow
 
 REMOVAL_DELAY_S = 1.0
 GRACE_S = 3.0  # > the removal delay, with room for a loaded machine
+# gRPC connections are recycled (GOAWAY) at this age: every one leaves during the grace window.
+GRPC_AGE_S = 1.0
 
 
 @pytest.fixture
@@ -29,6 +31,7 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     root = stage_echo(tmp_path / "models", delay_s=0.002)
     env = {
         "PODSERVE_DRAIN_GRACE_SECONDS": str(GRACE_S),
+        "PODSERVE_GRPC_MAX_CONNECTION_AGE_SECONDS": str(GRPC_AGE_S),
         "PODSERVE_DRAIN_TIMEOUT_SECONDS": "20",
         "PODSERVE_INTRA_OP_THREADS": "1",
     }
