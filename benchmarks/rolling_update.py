@@ -39,6 +39,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     root = stage_echo(work / "models", delay_s=args.delay_ms / 1000)
     env = {
         "PODSERVE_DRAIN_GRACE_SECONDS": str(args.grace),
+        "PODSERVE_GRPC_MAX_CONNECTION_AGE_SECONDS": str(args.grpc_age),
         "PODSERVE_DRAIN_TIMEOUT_SECONDS": "20",
         "PODSERVE_INTRA_OP_THREADS": "1",
     }
@@ -81,6 +82,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "restart_every_s": args.every,
             "endpoint_removal_delay_s": args.removal_delay,
             "drain_grace_s": args.grace,
+            "grpc_max_connection_age_s": args.grpc_age,
             "model": f"echo, python runtime, {args.delay_ms} ms per batch, max batch 8",
         },
         "replacements": [
@@ -107,6 +109,9 @@ def main() -> None:
     parser.add_argument("--grpc-clients", type=int, default=8)
     parser.add_argument("--removal-delay", type=float, default=1.0)
     parser.add_argument("--grace", type=float, default=3.0, help="PODSERVE_DRAIN_GRACE_SECONDS")
+    parser.add_argument(
+        "--grpc-age", type=float, default=1.0, help="PODSERVE_GRPC_MAX_CONNECTION_AGE_SECONDS"
+    )
     parser.add_argument("--delay-ms", type=float, default=2.0, help="model time per batch")
     parser.add_argument("--out", default=str(HERE / "results" / "rolling_update.json"))
     args = parser.parse_args()
