@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 
 
 class Surface(Protocol):
-    """What lifecycle needs of a surface (HTTP, gRPC, queue worker, stage server)."""
+    """What lifecycle needs of a surface (HTTP, gRPC, queue worker, stage server).
+
+    A surface may also have ``async stop_consuming()`` (called when the grace window starts)
+    and ``stop_accepting(grace)`` (when the drain starts; ``grace`` is the time left)."""
 
     async def start(self) -> None: ...
 
