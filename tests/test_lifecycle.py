@@ -18,10 +18,10 @@ import pytest
 from podserve.dataplane import DataPlane
 from podserve.errors import DrainingError, ModelNotReadyError
 from podserve.lifecycle import Server
-from podserve.protocol.v2 import InferRequest, InferTensor
 from podserve.runtime.model import Model
 from podserve.settings import STOP_MARGIN_SECONDS, Settings
 from podserve.storage.repository import ModelRepository, ModelVersion
+from podserve.v2 import InferRequest, InferTensor
 from tests.models import SLOW_SECONDS, model_factory
 
 

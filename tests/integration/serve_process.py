@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 
 MODEL = "echo"
 WIDTH = 4
