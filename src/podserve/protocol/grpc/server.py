@@ -250,16 +250,12 @@ class GrpcServer:
         log.info("gRPC GRPCInferenceService listening on %s:%d", self.host, self.port)
 
     def _connection_age(self) -> list[tuple[str, int]]:
-        """GOAWAY after a connection's age: while the server still runs, so no call is lost
-        (a server's stop cancels the calls that arrived but were not yet handed to a
-        handler, grpc/grpc#41785); calls in flight get the drain timeout to finish."""
+        """GOAWAY after a connection's age, while the server still runs, so no call is lost
+        (a server's stop cancels the calls that arrived but were not yet handed to a handler,
+        grpc/grpc#41785). No age grace: a call in flight on an old connection always finishes
+        (a long pipeline stage call included); shutdown bounds them with its own deadline."""
         age = self.settings.grpc_max_connection_age_seconds
-        if age <= 0:
-            return []
-        return [
-            ("grpc.max_connection_age_ms", int(age * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(self.settings.drain_timeout_seconds * 1000)),
-        ]
+        return [("grpc.max_connection_age_ms", int(age * 1000))] if age > 0 else []
 
     def stop_accepting(self, grace: float) -> None:
         """The drain begins: GOAWAY to every client (they reconnect, through the Service,
