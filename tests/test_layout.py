@@ -193,11 +193,12 @@ def test_every_command_has_its_own_module() -> None:
 
 
 def test_test_folders_mirror_the_package() -> None:
-    """tests/<part>/ holds the tests of podserve/<part>/ (tests/deploy: the deploy/ files)."""
+    """tests/<part>/ holds the tests of podserve/<part>/ (tests/deploy: the deploy/ files;
+    tests/integration: whole `podserve` processes under real clients and signals)."""
     tests = Path(__file__).resolve().parent
     for folder in sorted(p.parent for p in tests.rglob("__init__.py") if p.parent != tests):
         relative = folder.relative_to(tests)
-        if relative.parts[0] == "deploy":
+        if relative.parts[0] in ("deploy", "integration"):
             continue
         assert (SRC / "podserve" / relative).is_dir(), f"tests/{relative}: no podserve/{relative}"
 

@@ -209,7 +209,10 @@ QUEUE_INFLIGHT = Gauge(
     registry=REGISTRY,
 )
 
-STATES = ("loading", "ready", "draining", "stopped", "failed", "unloaded")
+STATES = ("loading", "ready", "draining", "stopped", "failed", "unloading", "unloaded")
+# The ``model`` label of requests naming a model this process does not serve (any number of
+# client-chosen names share it).
+UNKNOWN_MODEL = "<unknown>"
 
 _REQUEST_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 

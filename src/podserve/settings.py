@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     grpc_port: int = Field(
         8081, ge=0, le=65535, description="gRPC (GRPCInferenceService) port; 0 = off."
     )
+    grpc_max_connection_age_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Send each gRPC connection GOAWAY after this long (clients reconnect "
+        "transparently, through the Service): keep it under preStop sleep + drain grace so "
+        "gRPC clients leave a terminating pod before it stops; also rebalances long-lived "
+        "connections across replicas. 0 = never.",
+    )
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Largest accepted request body."
     )
@@ -114,11 +122,15 @@ class Settings(BaseSettings):
     drain_grace_seconds: float = Field(
         5.0,
         ge=0,
-        description="After SIGTERM, how long new requests are still accepted (endpoints are "
-        "being removed) before they get 503.",
+        description="After SIGTERM, how long every request is still served as before (readiness "
+        "false while endpoints are being removed) before new ones get 503.",
     )
     drain_timeout_seconds: float = Field(
-        25.0, ge=0, description="Longest wait for accepted work to finish after SIGTERM."
+        25.0,
+        ge=0,
+        description="After the grace window, longest wait for accepted work to finish (HTTP, "
+        "gRPC and the queue worker share this deadline). terminationGracePeriodSeconds must "
+        "be at least preStop sleep + grace + this + 5 s.",
     )
 
     # --- accelerators -------------------------------------------------------------------
@@ -267,6 +279,18 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+
+# After the drain deadline: surfaces closing, models unloading, the interpreter exiting.
+STOP_MARGIN_SECONDS = 5.0
+
+
+def worst_case_stop_seconds(*, pre_stop: float, grace: float, drain_timeout: float) -> float:
+    """Longest time from a pod's termination to its process's exit: the preStop sleep, the
+    grace window, the drain (every surface shares its deadline), then
+    :data:`STOP_MARGIN_SECONDS`. ``lifecycle.Server.shutdown`` keeps to it; the deployment
+    policy checks ``terminationGracePeriodSeconds`` against it."""
+    return pre_stop + grace + drain_timeout + STOP_MARGIN_SECONDS
 
 
 def render_markdown() -> str:

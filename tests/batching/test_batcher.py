@@ -1,7 +1,12 @@
-"""Cheap models run on the event loop; slow ones, and models that turn slow, on their thread.
+"""The batcher's promises, tested directly: order, back-pressure, batch forming, close().
 
-The decision is measured (``inline_below_s`` against the batches' compute times), so these
-tests use real timing: a no-op model is far below a 5 ms bound, a 20 ms sleep far above it.
+A :class:`Gate` model blocks its inference thread until the test opens it, so a test can
+queue requests behind a running batch and then watch what the batcher does with them. The
+assertions are about order and membership, never about speed.
+
+The inline mode (cheap models run on the event loop, slow ones on their thread) is decided on
+measured compute times, so its tests use real timing: a no-op model is far below a 5 ms bound,
+a 20 ms sleep far above it.
 """
 
 from __future__ import annotations
@@ -11,8 +16,212 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from podserve.batching.batcher import Batcher
+from podserve.errors import ModelNotReadyError, OverloadedError
+
+
+class Gate:
+    """Identity on ``x``; notes every batch (the first column of each row); blocks while
+    ``gate`` is closed. Counts how many threads are inside ``infer`` at once."""
+
+    def __init__(self, *, open_: bool = True) -> None:
+        self.gate = threading.Event()
+        if open_:
+            self.gate.set()
+        self.batches: list[list[float]] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+        self.threads: set[int] = set()
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.threads.add(threading.get_ident())
+        try:
+            x = inputs["x"]
+            self.batches.append([float(v) for v in x[:, 0]])
+            self.shapes.append(tuple(x.shape))
+            self.entered.set()
+            self.gate.wait(30)
+            return {"y": x}
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+def row(value: float, width: int = 4) -> dict[str, np.ndarray]:
+    return {"x": np.full((1, width), value, np.float32)}
+
+
+def batcher(model: Gate, **kwargs: object) -> Batcher:
+    options: dict[str, object] = {"max_batch_size": 1, "max_queue_delay_s": 0.0, **kwargs}
+    b = Batcher("m", model.infer, **options)  # type: ignore[arg-type]
+    b.start()
+    return b
+
+
+async def _wait_entered(model: Gate) -> None:
+    assert await asyncio.to_thread(model.entered.wait, 30)
+    model.entered.clear()
+
+
+async def _queued(b: Batcher, n: int) -> None:
+    for _ in range(500):
+        if len(b._heap) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{n} requests never queued")
+
+
+async def test_priority_reorders_the_queue() -> None:
+    model = Gate(open_=False)
+    b = batcher(model)
+    try:
+        first = asyncio.create_task(b.submit(row(0)))
+        await _wait_entered(model)  # the inference thread is busy with request 0
+        low = [asyncio.create_task(b.submit(row(v))) for v in (1, 2)]
+        await _queued(b, 2)
+        high = asyncio.create_task(b.submit(row(3), priority=1))
+        mid = asyncio.create_task(b.submit(row(4), priority=2))
+        await _queued(b, 4)
+        model.gate.set()
+        await asyncio.gather(first, *low, high, mid)
+    finally:
+        model.gate.set()
+        await b.close()
+    # Triton's levels: 1 is the highest, 0 ("default") the lowest; FIFO within a level.
+    assert model.batches == [[0], [3], [4], [1], [2]]
+
+
+async def test_a_full_queue_answers_overloaded_at_once_and_serves_the_rest() -> None:
+    model = Gate(open_=False)
+    b = batcher(model, max_queue_size=2)
+    try:
+        running = asyncio.create_task(b.submit(row(0)))
+        await _wait_entered(model)
+        queued = [asyncio.create_task(b.submit(row(v))) for v in (1, 2)]
+        await _queued(b, 2)
+        with pytest.raises(OverloadedError) as info:
+            await b.submit(row(3))
+        assert info.value.http_status == 503
+        assert info.value.grpc_code == "UNAVAILABLE"
+        model.gate.set()
+        results = await asyncio.gather(running, *queued)
+    finally:
+        model.gate.set()
+        await b.close()
+    assert [float(r["y"][0, 0]) for r in results] == [0, 1, 2]
+
+
+async def test_a_preferred_size_ends_the_fill_wait() -> None:
+    model = Gate()
+    # A fill wait far longer than the test's timeout: only the preferred size can end it.
+    b = batcher(model, max_batch_size=8, max_queue_delay_s=60.0, preferred_batch_sizes=(4,))
+    try:
+        tasks = []
+        for v in range(4):
+            tasks.append(asyncio.create_task(b.submit(row(v))))
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    finally:
+        await b.close()
+    assert model.batches == [[0, 1, 2, 3]]
+
+
+async def test_incompatible_shapes_never_share_a_batch_nor_end_its_fill_wait() -> None:
+    model = Gate()
+    b = batcher(model, max_batch_size=4, max_queue_delay_s=3.0)
+    try:
+        # Two rows of width 4 and two of width 6: four rows queued, but no batch of four.
+        tasks = [
+            asyncio.create_task(b.submit(row(v, width=w)))
+            for v, w in ((1, 4), (2, 6), (3, 4), (4, 6))
+        ]
+        await asyncio.sleep(0.3)
+        assert model.batches == [], "rows of another shape ended the fill wait"
+        tasks += [asyncio.create_task(b.submit(row(v, width=4))) for v in (5, 6)]
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    finally:
+        await b.close()
+    assert model.batches[0] == [1, 3, 5, 6]  # filled to the cap with its own shape
+    assert sorted(map(sorted, model.batches)) == [[1, 3, 5, 6], [2, 4]]
+    assert {s[1] for s in model.shapes[:1]} == {4}
+    assert model.shapes[1] == (2, 6)
+
+
+async def test_close_fails_what_is_queued_without_blocking_the_loop() -> None:
+    model = Gate(open_=False)
+    b = batcher(model)
+    running = asyncio.create_task(b.submit(row(0)))
+    await _wait_entered(model)
+    queued = [asyncio.create_task(b.submit(row(v))) for v in (1, 2)]
+    await _queued(b, 2)
+
+    released: list[float] = []
+
+    def release() -> None:
+        released.append(time.monotonic())
+        model.gate.set()
+
+    timer = threading.Timer(10.0, release)  # only a safety net: the test opens it itself
+    timer.start()
+    try:
+        closing = asyncio.create_task(b.close())
+        for task in queued:
+            with pytest.raises(ModelNotReadyError):
+                await asyncio.wait_for(task, 5)
+        ticked = time.monotonic()
+        assert not released, "close() blocked the event loop until the model returned"
+        assert not closing.done(), "close() must wait for the batch on the inference thread"
+        with pytest.raises(ModelNotReadyError):
+            await b.submit(row(9))  # closed: nothing is admitted any more
+        release()
+        await asyncio.wait_for(closing, 10)
+        assert float((await running)["y"][0, 0]) == 0  # the running batch still answers
+        assert ticked < released[0]
+    finally:
+        timer.cancel()
+        model.gate.set()
+
+
+async def test_the_model_is_never_called_from_two_threads_at_once() -> None:
+    """Batches move between the loop and the inference thread as their cost changes."""
+
+    class Flipping(Gate):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            self.calls += 1
+            if (self.calls // 40) % 2:  # 40 cheap batches, then 40 slow ones, and so on
+                time.sleep(0.003)
+            return super().infer(inputs)
+
+    model = Flipping()
+    b = batcher(model, max_batch_size=4, inline_below_s=0.001)
+
+    async def client(i: int) -> None:
+        for j in range(60):
+            out = await b.submit(row(i * 1000 + j))
+            assert float(out["y"][0, 0]) == i * 1000 + j
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(8))), 120)
+    finally:
+        await b.close()
+    assert model.most_inside == 1
+    assert threading.get_ident() in model.threads, "never ran on the loop: the test is moot"
+    assert len(model.threads) == 2
+
+
+# --- inline on the loop ---------------------------------------------------------------------
 
 
 class Recorder:

@@ -7,9 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 
 from podserve.kube import policy, render
-from podserve.settings import Settings
+from podserve.settings import STOP_MARGIN_SECONDS, Settings, worst_case_stop_seconds
+from tests.tools import REPO
 
 Obj = dict[str, Any]
 
@@ -135,11 +137,53 @@ def test_grace_uses_the_settings_defaults_when_unset(objects: list[Obj]) -> None
     del data["PODSERVE_DRAIN_TIMEOUT_SECONDS"], data["PODSERVE_DRAIN_GRACE_SECONDS"]
     pod = kind(objects, "Deployment")["spec"]["template"]["spec"]
     fields = Settings.model_fields
-    needed = 5 + fields["drain_grace_seconds"].default + fields["drain_timeout_seconds"].default
+    needed = (
+        5
+        + fields["drain_grace_seconds"].default
+        + fields["drain_timeout_seconds"].default
+        + STOP_MARGIN_SECONDS
+    )
+    pod["terminationGracePeriodSeconds"] = int(needed) - 1
+    assert any("must be at least" in p for p in policy.check(objects))
     pod["terminationGracePeriodSeconds"] = int(needed)
-    assert any("must exceed" in p for p in policy.check(objects))
-    pod["terminationGracePeriodSeconds"] = int(needed) + 1
     assert policy.check(objects) == []
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["server", "worker"])
+def test_grace_period_covers_prestop_grace_drain_and_the_stop_margin(
+    objects: list[Obj], index: int
+) -> None:
+    """The whole shutdown fits: preStop sleep + drain grace + drain timeout (HTTP, gRPC and
+    the queue worker share it) + the margin to unload and exit; one second less is refused."""
+    data = kind(objects, "ConfigMap")["data"]
+    data["PODSERVE_DRAIN_GRACE_SECONDS"] = "7"
+    data["PODSERVE_DRAIN_TIMEOUT_SECONDS"] = "20"
+    deployment = kind(objects, "Deployment", index)
+    pod = deployment["spec"]["template"]["spec"]
+    pre_stop = 5 if "preStop" in pod["containers"][0].get("lifecycle", {}) else 0
+    assert (pre_stop == 5) == (index == 0)  # the server pauses for endpoint removal; the worker not
+    needed = pre_stop + 7 + 20 + STOP_MARGIN_SECONDS
+    assert needed == worst_case_stop_seconds(pre_stop=pre_stop, grace=7, drain_timeout=20)
+    pod["terminationGracePeriodSeconds"] = int(needed)
+    assert policy.check(objects) == []
+    pod["terminationGracePeriodSeconds"] = int(needed) - 1
+    (problem,) = policy.check(objects)
+    assert f"stop margin {STOP_MARGIN_SECONDS:g} = {needed:g} s" in problem
+    assert problem.startswith(f"Deployment/{deployment['metadata']['name']}")
+
+
+def test_defaults_and_deploy_agree() -> None:
+    """deploy/'s pods give the settings' defaults' worst case (their preStop included)."""
+    fields = Settings.model_fields
+    grace = fields["drain_grace_seconds"].default
+    drain = fields["drain_timeout_seconds"].default
+    for path in ("base/deployment.yaml", "components/keda-rabbitmq/worker.yaml"):
+        (doc,) = [d for d in yaml.safe_load_all((REPO / "deploy" / path).read_text()) if d]
+        pod = doc["spec"]["template"]["spec"]
+        hook = pod["containers"][0].get("lifecycle", {}).get("preStop", {})
+        pre_stop = float(hook["exec"]["command"][-1]) if hook else 0.0
+        needed = worst_case_stop_seconds(pre_stop=pre_stop, grace=grace, drain_timeout=drain)
+        assert needed <= pod["terminationGracePeriodSeconds"], path
 
 
 @pytest.mark.parametrize(

@@ -31,12 +31,13 @@ import numpy as np
 from podserve import metrics
 from podserve.batching.inline import InlineGate
 from podserve.batching.policy import Arrivals, BatchCurve, Policy, fill_wait
-from podserve.batching.shapes import batch_key, check_rows, concat, split
+from podserve.batching.shapes import batch_key, check_rows, concat, rows_like_first, split
 from podserve.batching.stats import BatcherStats
 from podserve.errors import (
     DeadlineExceededError,
     InferenceError,
     InvalidRequestError,
+    ModelNotReadyError,
     OverloadedError,
     PodserveError,
     ResourceExhaustedError,
@@ -130,6 +131,8 @@ class Batcher:
         timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Queue one request (batch axis 0) and wait for its outputs."""
+        if self._task is None:  # closed (or never started): nothing would run it
+            raise ModelNotReadyError(f"model '{self.name}' is being unloaded")
         if len(self._heap) >= self.max_queue_size:
             raise OverloadedError(
                 f"model '{self.name}' has {len(self._heap)} requests waiting (limit "
@@ -175,10 +178,10 @@ class Batcher:
             self._task = None
         for item in self._heap:
             if not item.future.done():
-                item.future.set_exception(PodserveError(f"model '{self.name}' was unloaded"))
-        self._heap.clear()
-        self._queued_rows = 0
-        self._executor.shutdown(wait=True)
+                item.future.set_exception(ModelNotReadyError(f"model '{self.name}' was unloaded"))
+        self._heap, self._queued_rows = [], 0
+        await asyncio.shield(asyncio.gather(*self._running))  # the running batches: no blocking
+        self._executor.shutdown(wait=False)
 
     # --- collection -----------------------------------------------------------------------
 
@@ -214,8 +217,8 @@ class Batcher:
             delay, target = fill_wait(self, self._arrivals, self._queued_rows, self._target())
             self._arrivals.dispatched(first_seen, self._queued_rows - first.rows)
             deadline = first_seen + delay
-            while (
-                self._queued_rows < min(target, self._target())
+            while (  # rows of other shapes never fill the head's batch
+                rows_like_first(self._heap) < min(target, self._target())
                 and (wait := deadline - time.monotonic()) > 0
             ):
                 self._wakeup.clear()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 
 from podserve.errors import InferenceError
@@ -10,6 +13,19 @@ from podserve.errors import InferenceError
 def batch_key(inputs: dict[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
     """Requests can share a batch only if every input agrees beyond the batch axis."""
     return tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in sorted(inputs.items()))
+
+
+class Queued(Protocol):
+    @property
+    def rows(self) -> int: ...
+    @property
+    def key(self) -> tuple[object, ...]: ...
+
+
+def rows_like_first(items: Sequence[Queued]) -> int:
+    """Rows of the items that can share a batch with the first (the same :func:`batch_key`)."""
+    key = items[0].key
+    return sum(i.rows for i in items if i.key == key)
 
 
 def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

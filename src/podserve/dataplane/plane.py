@@ -3,8 +3,10 @@
 HTTP, gRPC, the queue worker and pipeline stages all decode their wire format into a
 :class:`~podserve.v2.InferRequest`, call :meth:`DataPlane.infer`, and encode the
 answer; no surface holds inference logic. Model states move
-``loading → ready → draining → stopped`` (or ``failed`` / ``unloaded``); the server is ready
-only when every model it was asked to serve is ready and it is not draining.
+``loading → ready → draining → stopped`` (or ``failed``, or ``unloading → unloaded``); the
+server is ready only when every model it was asked to serve is ready and it is not draining.
+A draining model still serves (the SIGTERM grace window) until :meth:`DataPlane.stop_accepting`;
+an unloading one admits nothing new and finishes what it accepted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from podserve.v2 import InferRequest, InferResponse, InferTensor, to_datatype
 
 log = logging.getLogger(__name__)
 
+SERVING = ("ready", "draining")  # model states that take requests while the server accepts
 StateListener = Callable[[str, str], None]
 
 
@@ -50,6 +53,7 @@ class DataPlane:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._model_locks: dict[str, asyncio.Lock] = {}  # one load/unload of a model at a time
         metrics.set_state(metrics.SERVER_STATE, "loading")
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -97,8 +101,18 @@ class DataPlane:
 
     startup_error: str = ""
 
+    def _lock(self, name: str) -> asyncio.Lock:
+        # Callers resolved ``name`` in the repository (or the settings named it): bounded.
+        return self._model_locks.setdefault(name, asyncio.Lock())
+
     async def load(self, name: str, version: str | None = None) -> ServedModel:
-        """Verify, load and warm up one model; failures leave it ``failed`` with the reason."""
+        """Verify, load and warm up one model; failures leave it ``failed`` with the reason.
+
+        A second call while one runs waits for it and returns the same model."""
+        async with self._lock(name):
+            return await self._load(name, version)
+
+    async def _load(self, name: str, version: str | None) -> ServedModel:
         served = self.models.get(name)
         if (
             served is not None
@@ -108,7 +122,7 @@ class DataPlane:
             return served  # already serving: loading again would orphan its batcher
         if served is None or served.state in ("unloaded", "failed", "stopped", "ready"):
             if served is not None and served.batcher is not None:
-                await self.unload(name)  # a different version was asked for
+                await self._unload(served)  # a different version was asked for
             served = self.models[name] = ServedModel(name, version)
         self._set_model_state(served, "loading")
         try:
@@ -129,7 +143,14 @@ class DataPlane:
         return served
 
     async def unload(self, name: str) -> None:
+        """Stop admitting requests for the model, finish those accepted, then unload it."""
         served = self._get(name)
+        async with self._lock(name):
+            await self._unload(served)
+
+    async def _unload(self, served: ServedModel) -> None:
+        if served.state in SERVING or served.state == "unavailable":
+            self._set_model_state(served, "unloading")  # new requests: 503 from here on
         if served.batcher is not None:
             await served.batcher.drain()
             await served.batcher.close()
@@ -232,12 +253,15 @@ class DataPlane:
         """Validate, batch, run and answer one request."""
         started = time.perf_counter()
         name = request.model_name
+        # A client-chosen name becomes a metric label only when it is a served model: every
+        # label set lives as long as the process.
+        label = name if name in self.models else metrics.UNKNOWN_MODEL
         outcome = "error"
         try:
             if not self.accepting:
                 raise DrainingError("server is shutting down; send the request to another replica")
             served = self._get(name, request.model_version)
-            if not served.ready or served.batcher is None or served.manifest is None:
+            if served.state not in SERVING or served.batcher is None or served.manifest is None:
                 if served.state == "unavailable" and served.unavailable is not None:
                     err = served.unavailable  # a fresh instance: no traceback piles up
                     raise type(err)(err.message)
@@ -266,7 +290,7 @@ class DataPlane:
             outcome = "success"
             return response
         finally:
-            count, seconds = metrics.request_children(name, surface, outcome)
+            count, seconds = metrics.request_children(label, surface, outcome)
             count.inc()
             seconds.observe(time.perf_counter() - started)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from podserve.errors import PodserveError
 from podserve.protocol.http import routes
-from podserve.settings import Settings
+from podserve.settings import STOP_MARGIN_SECONDS, Settings, worst_case_stop_seconds
 
 Obj = Mapping[str, Any]
 
@@ -156,12 +156,14 @@ def _check_grace(pod: Obj, container: Obj, env: Mapping[str, str]) -> list[str]:
     )
     grace = float(env.get("PODSERVE_DRAIN_GRACE_SECONDS", fields["drain_grace_seconds"].default))
     pre_stop = _pre_stop_seconds(container)
-    needed = pre_stop + grace + drain
+    needed = worst_case_stop_seconds(pre_stop=pre_stop, grace=grace, drain_timeout=drain)
     period = pod.get("terminationGracePeriodSeconds", 30)
-    if period <= needed:
+    if period < needed:
         return [
-            f"terminationGracePeriodSeconds {period} must exceed preStop {pre_stop:g} + drain "
-            f"grace {grace:g} + drain timeout {drain:g} = {needed:g} s"
+            f"terminationGracePeriodSeconds {period} must be at least preStop {pre_stop:g} + "
+            f"drain grace {grace:g} + drain timeout {drain:g} + stop margin "
+            f"{STOP_MARGIN_SECONDS:g} = {needed:g} s (the kubelet kills the pod at the period's "
+            "end, mid-drain)"
         ]
     return []
 

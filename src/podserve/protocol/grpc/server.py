@@ -16,6 +16,7 @@ in the batcher. The repository RPCs are off unless ``repository_api`` is set, an
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -224,6 +225,7 @@ class GrpcServer:
         self.host = host
         self.port = port
         self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         limit = self.settings.max_body_bytes
@@ -232,6 +234,7 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                *self._connection_age(),
             ],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -247,11 +250,26 @@ class GrpcServer:
         self._server = server
         log.info("gRPC GRPCInferenceService listening on %s:%d", self.host, self.port)
 
+    def _connection_age(self) -> list[tuple[str, int]]:
+        """GOAWAY after a connection's age, while the server still runs, so no call is lost
+        (a server's stop cancels the calls that arrived but were not yet handed to a handler,
+        grpc/grpc#41785). No age grace: a call in flight on an old connection always finishes
+        (a long pipeline stage call included); shutdown bounds them with its own deadline."""
+        age = self.settings.grpc_max_connection_age_seconds
+        return [("grpc.max_connection_age_ms", int(age * 1000))] if age > 0 else []
+
+    def stop_accepting(self, grace: float) -> None:
+        """The drain begins: GOAWAY to every client (they reconnect, through the Service,
+        elsewhere), no new calls, running ones finish for up to ``grace`` seconds."""
+        if self._server is not None and self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._server.stop(grace))
+
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let running ones finish for up to ``grace`` seconds."""
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        self.stop_accepting(grace)
+        if self._stopping is not None:
+            await self._stopping
+            self._server, self._stopping = None, None
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -4,6 +4,10 @@ No web framework sits on the request path: one dict lookup routes a request, the
 with the size limit enforced while it streams in, orjson parses and writes JSON, binary tensors
 stay zero-copy views over the body. :mod:`.server` serves it with uvicorn.
 
+Once the data plane is draining (SIGTERM), every response carries ``Connection: close``: a
+keep-alive client finishes its request and reconnects, through the Service, to a replica that
+is not going away.
+
 Endpoints (Open Inference Protocol v2 + Triton's extensions): ``GET /v2``,
 ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}][/ready|/config|/stats]``,
 ``POST .../infer``, ``/v2/models/stats``, ``/v2/repository/index``,
@@ -43,6 +47,7 @@ _BINARY = b"application/octet-stream"
 _METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _LIVE_TRUE = b'{"live":true}'
 _READY_TRUE = b'{"ready":true}'
+_CLOSE = (b"connection", b"close")
 
 
 class App:
@@ -74,7 +79,7 @@ class App:
             ctype = _JSON
             if isinstance(exc, UnauthorizedError):
                 extra.append((b"www-authenticate", b"Bearer"))
-        await respond(send, status, body, ctype, req.accept, extra)
+        await respond(send, status, body, ctype, req.accept, extra + self._closing())
 
     # --- inference: the hot path ----------------------------------------------------------
 
@@ -101,13 +106,17 @@ class App:
             return
         except Exception as exc:
             status, err = error_response(exc)
-            await respond(send, status, err, _JSON, req.accept, [])
+            await respond(send, status, err, _JSON, req.accept, self._closing())
             return
         if header_len is None:
-            await respond(send, 200, payload, _JSON, req.accept, [])
+            await respond(send, 200, payload, _JSON, req.accept, self._closing())
         else:
-            extra = [(b"inference-header-content-length", b"%d" % header_len)]
+            extra = [(b"inference-header-content-length", b"%d" % header_len), *self._closing()]
             await respond(send, 200, payload, _BINARY, req.accept, extra)
+
+    def _closing(self) -> list[tuple[bytes, bytes]]:
+        """``Connection: close`` once draining: the client's next request goes elsewhere."""
+        return [_CLOSE] if self.dataplane.state == "draining" else []
 
     # --- everything else ------------------------------------------------------------------
 

@@ -6,7 +6,11 @@ Start it from the process lifecycle::
     server = HttpServer(app, settings, host="0.0.0.0", port=8080)   # port 0: any free port
     await server.start()        # bound and accepting; server.port is the real port
     ...
-    await server.stop()         # stop accepting, let in-flight requests finish, close
+    await server.stop()         # stop listening, let in-flight requests finish, close
+
+No connection is ever closed under a request: while the data plane drains every response says
+``Connection: close`` (:mod:`.app`), and :meth:`HttpServer.stop` closes a connection only after
+its answer or once it has been idle for :data:`IDLE_CLOSE_S`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from podserve.protocol.http.body import ASGIApp
 from podserve.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# At stop, a connection idle this long has no request on its way: closing it races nothing.
+IDLE_CLOSE_S = 0.5
+_ACCEPT_QUEUE_S = 0.2  # to accept what waits in the listen queue before closing it
 
 
 class _OneWrite:
@@ -71,11 +79,27 @@ class _OneWrite:
 
 
 class _Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over :class:`_OneWrite`."""
+    """uvicorn's httptools protocol over :class:`_OneWrite`, noting when it last had traffic."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = _OneWrite(transport)  # type: ignore[assignment]
+        self.last_active = self.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.loop.time()
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self.last_active = self.loop.time()
+        super().on_response_complete()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds without a request in progress nor bytes received; 0 while one runs."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            return 0.0
+        return now - self.last_active
 
 
 class _Uvicorn(uvicorn.Server):
@@ -96,6 +120,7 @@ class HttpServer:
         self.port = port
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -109,6 +134,7 @@ class HttpServer:
 
             raise ConfigurationError(f"cannot bind HTTP {self.host}:{self.port}: {exc}") from None
         sock.setblocking(False)
+        self._sock = sock
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,
@@ -133,20 +159,45 @@ class HttpServer:
             await asyncio.sleep(0.005)
         log.info("HTTP (Open Inference Protocol REST) listening on %s:%d", self.host, self.port)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Close the listener and let in-flight requests finish for at most ``grace`` seconds.
+    async def _close_listener(self) -> None:
+        """Stop listening without resetting a connection the kernel already accepted.
 
-        ``grace`` defaults to the drain timeout; past it, open connections are dropped.
-        """
-        if self._server is None or self._task is None:
+        Closing a listening socket resets the connections waiting in its accept queue, whose
+        clients may have sent a request already. The queue is shrunk to its minimum first
+        (further handshakes wait; the client retries and is refused once the socket is
+        closed) and what it holds is accepted and answered, then the socket is closed."""
+        assert self._server is not None
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.listen(0)
+            await asyncio.sleep(_ACCEPT_QUEUE_S)
+        for listener in self._server.servers:
+            listener.close()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop listening; close each connection after its answer or once idle; at most
+        ``grace`` seconds (default: the drain timeout), then drop what is left."""
+        server, task = self._server, self._task
+        if server is None or task is None:
             return
-        self._server.should_exit = True
-        wait = self.settings.drain_timeout_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.settings.drain_timeout_seconds if grace is None else grace)
+        await self._close_listener()
+        # A connection mid-request closes after its answer (it says Connection: close while
+        # the server drains). One accepted a moment ago may have its first request on the way:
+        # only a connection quiet for IDLE_CLOSE_S is closed here.
+        while server.server_state.connections and loop.time() < deadline:
+            now = loop.time()
+            for conn in list(server.server_state.connections):
+                if isinstance(conn, _Protocol) and conn.idle_for(now) >= IDLE_CLOSE_S:
+                    conn.transport.close()
+            await asyncio.sleep(0.05)
+        server.should_exit = True  # uvicorn's own shutdown: whatever is left goes now
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), wait + 0.5)
+            await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()) + 0.5)
         except TimeoutError:
-            self._server.force_exit = True
-            await self._task
+            server.force_exit = True
+            await task
         self._server, self._task = None, None
 
 
