@@ -6,6 +6,7 @@ slowed down (to kill a pull mid-way) or told to fail requests (403, 503) to exer
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -139,3 +140,56 @@ def s3_env(endpoint: str) -> dict[str, str]:
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
     )
     return env
+
+
+class CountingProxy:
+    """A TCP forwarder in front of a server that counts the bytes the server sends back.
+
+    Point a client at ``url`` instead of the server: what it downloads is counted on the
+    wire (``bytes_down``), not by the code under test.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.removeprefix("http://").partition(":")
+        self.upstream = (host, int(port))
+        self.bytes_down = 0
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.bytes_down = 0
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while chunk := src.recv(256 * 1024):
+                if count:
+                    with self.lock:
+                        self.bytes_down += len(chunk)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def __enter__(self) -> CountingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()

@@ -45,11 +45,25 @@ def register(sub: Subparsers) -> None:
         action="store_true",
         help="verify with SHA-256 even when the manifest records BLAKE3 digests",
     )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        metavar="DIR",
+        help="node cache: keep each file once under DIR (by digest) and hard-link it into "
+        "the destination; only files not already in DIR are downloaded",
+    )
+    p.add_argument(
+        "--cache-max-size",
+        metavar="SIZE",
+        help="evict blobs no version on the node uses, oldest first, to keep DIR under SIZE "
+        "(e.g. 200G); blobs in use are never evicted",
+    )
     add_source_flags(p)
     p.set_defaults(handler=_pull)
 
 
 def _pull(args: argparse.Namespace) -> int:
+    from podserve.errors import ConfigurationError
     from podserve.settings import Settings
     from podserve.storage.archive import ArchiveLimits
     from podserve.storage.pull import pull
@@ -60,6 +74,14 @@ def _pull(args: argparse.Namespace) -> int:
     args.concurrency = args.concurrency or settings.pull_concurrency
     args.part_size_mb = args.part_size_mb or settings.pull_part_size_mb
     limits = ArchiveLimits(settings.archive_max_bytes, settings.archive_max_members)
+    cache = None
+    if args.cache_max_size and not args.cache:
+        raise ConfigurationError("--cache-max-size needs --cache DIR")
+    if args.cache:
+        from podserve.storage.cache import NodeCache, parse_size
+
+        limit = parse_size(args.cache_max_size) if args.cache_max_size else None
+        cache = NodeCache(args.cache, limit)
     reporter = make_reporter(args.progress, "pull")
     try:
         result = pull(
@@ -72,6 +94,7 @@ def _pull(args: argparse.Namespace) -> int:
             force_sha256=args.sha256,
             archive_limits=limits,
             trust=TrustPolicy.from_settings(settings),  # the keys serve trusts, checked first
+            cache=cache,
         )
     finally:
         reporter.finish()

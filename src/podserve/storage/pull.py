@@ -28,8 +28,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from podserve.errors import IntegrityError, PermanentTransferError, RepositoryError
+from podserve.errors import (
+    ConfigurationError,
+    IntegrityError,
+    RepositoryError,
+)
 from podserve.storage.archive import ArchiveLimits, extract_archive
+from podserve.storage.cache import NodeCache
+from podserve.storage.cache_pull import fill_from_cache
 from podserve.storage.download import (
     JOURNAL,
     FileJob,
@@ -40,6 +46,7 @@ from podserve.storage.download import (
     plan,
     retrying,
 )
+from podserve.storage.durable import check_space, fsync_dir, fsync_tree
 from podserve.storage.integrity import (
     SUMS_NAME,
     check_listing,
@@ -92,8 +99,13 @@ def pull(
     force_sha256: bool = False,
     archive_limits: ArchiveLimits | None = None,
     trust: TrustPolicy | None = None,
+    cache: NodeCache | None = None,
 ) -> PullResult:
-    """Pull ``uri`` into ``dest`` (``ROOT/NAME/VERSION``); ``trust``: signatures checked first."""
+    """Pull ``uri`` into ``dest`` (``ROOT/NAME/VERSION``); ``trust``: signatures checked first.
+
+    With ``cache``, files come from (and go to) the node cache and are hard-linked into
+    ``dest`` (:mod:`podserve.storage.cache`).
+    """
     return asyncio.run(
         pull_async(
             uri,
@@ -105,6 +117,7 @@ def pull(
             force_sha256=force_sha256,
             archive_limits=archive_limits,
             trust=trust,
+            cache=cache,
         )
     )
 
@@ -120,6 +133,7 @@ async def pull_async(
     force_sha256: bool = False,
     archive_limits: ArchiveLimits | None = None,
     trust: TrustPolicy | None = None,
+    cache: NodeCache | None = None,
 ) -> PullResult:
     root, name, version = split_destination(dest)
     dest = root / name / version
@@ -130,8 +144,12 @@ async def pull_async(
     started = time.perf_counter()
     source = open_source(uri, options)
     try:
+        if cache is not None and source.is_archive():
+            raise ConfigurationError(
+                "--cache needs a version published as files (podserve push), not an archive"
+            )
         if dest.exists():
-            return await _already_present(source, root, name, version, started, rep, trust)
+            return await _already_present(source, root, name, version, started, rep, trust, cache)
         model_dir = root / name
         try:
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +158,9 @@ async def pull_async(
         lock_fd = await _lock(model_dir / f".pull-{version}.lock", rep, f"{name}/{version}")
         try:
             if dest.exists():  # another pull published it while we waited
-                return await _already_present(source, root, name, version, started, rep, trust)
+                return await _already_present(
+                    source, root, name, version, started, rep, trust, cache
+                )
             tmp = model_dir / f".tmp-{version}"
             tmp.mkdir(exist_ok=True)
             data = tmp / "data"
@@ -155,8 +175,9 @@ async def pull_async(
                         await asyncio.to_thread(verify_digests, mv.listing)
                     else:
                         fetched, total = await _pull_files(
-                            source, tmp, data, concurrency, part_size, rep, force_sha256, trust
-                        )
+                            source, tmp, data, concurrency, part_size, rep, force_sha256, trust,
+                            cache,
+                        )  # fmt: skip
                         # digests checked while streaming; signature and listing once more
                         await asyncio.to_thread(open_version, data, name, version, trust)
             except BaseException:
@@ -164,6 +185,8 @@ async def pull_async(
                     shutil.rmtree(tmp, ignore_errors=True)
                 raise
             _publish(data, dest, tmp)
+            if cache is not None:
+                cache.record(dest)
             rep.finish()
             return PullResult(dest, total, fetched, time.perf_counter() - started, False)
         finally:
@@ -180,6 +203,7 @@ async def _already_present(
     started: float,
     rep: Reporter,
     trust: TrustPolicy,
+    cache: NodeCache | None = None,
 ) -> PullResult:
     dest = root / name / version
     if not source.is_archive():
@@ -195,6 +219,8 @@ async def _already_present(
                 "versions are immutable: publish a new version number or remove this one"
             )
     mv = await asyncio.to_thread(ModelRepository(root, trust).verify, name, version)
+    if cache is not None:
+        cache.record(dest)
     rep.message(f"{dest} already present and verified; nothing to do")
     return PullResult(dest, mv.listing.total_bytes, 0, time.perf_counter() - started, True)
 
@@ -218,6 +244,7 @@ async def _pull_files(
     rep: Reporter,
     force_sha256: bool,
     trust: TrustPolicy,
+    cache: NodeCache | None = None,
 ) -> tuple[int, int]:
     sums_bytes = await retrying(lambda: source.read_bytes(SUMS_NAME), rep)
     manifest_bytes = await retrying(lambda: source.read_bytes(MANIFEST_NAME), rep)
@@ -244,19 +271,14 @@ async def _pull_files(
         b3 = entry.blake3 if entry is not None else None
         algo, expected = download_digest(rel, b3, sums[rel], signer, force_sha256)
         jobs.append(FileJob(rel, data / rel, sizes[rel], algo, expected))  # type: ignore[arg-type]
+    small = [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)]
+    small += [(SIGNATURE_NAME, signature)] if signature is not None else []
+    if cache is not None:
+        fetched = await fill_from_cache(cache, source, jobs, concurrency, part_size, rep)
+        await asyncio.to_thread(_finish_data, data, small, True)
+        return fetched, sum(j.size for j in jobs)
     fp = fingerprint(source.describe(), sums_bytes, manifest_bytes, part_size, source.ranged)
-    return await _run(
-        source,
-        tmp,
-        jobs,
-        fp,
-        concurrency,
-        part_size,
-        rep,
-        data,
-        [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)]
-        + ([(SIGNATURE_NAME, signature)] if signature is not None else []),
-    )
+    return await _run(source, tmp, jobs, fp, concurrency, part_size, rep, data, small)
 
 
 async def _pull_archive(
@@ -293,7 +315,7 @@ async def _pull_archive(
     manifest = parse_manifest(manifest_text, f"{source.describe()}:{MANIFEST_NAME}")
     listing = check_listing(data, manifest)
     await asyncio.to_thread(verify_digests, listing)
-    await asyncio.to_thread(_fsync_tree, data)
+    await asyncio.to_thread(fsync_tree, data)
     archive.unlink()
     return fetched, listing.total_bytes
 
@@ -314,7 +336,7 @@ async def _run(
         journal = Journal(tmp, fp)
         try:
             kept = plan(jobs, part_size, source.ranged, journal)
-            _check_space(tmp, total - kept)
+            check_space(tmp, total - kept)
             if kept:
                 rep.message(f"resuming: {kept / 1e6:.1f} MB already downloaded")
             rep.start(total, kept)
@@ -327,11 +349,7 @@ async def _run(
                 rep.message("checksum mismatch on resumed data; downloading it again")
                 continue
             if data is not None:
-                for name, content in small:
-                    (data / name).write_bytes(content)
-                manifest = parse_manifest((data / MANIFEST_NAME).read_text(encoding="utf-8"))
-                check_listing(data, manifest)  # nothing unlisted, nothing missing
-                await asyncio.to_thread(_fsync_tree, data)
+                await asyncio.to_thread(_finish_data, data, small)
             return total - kept, total
         finally:
             journal.close()
@@ -357,32 +375,16 @@ def _volume_errors(dest: Path) -> Iterator[None]:
         ) from None
 
 
-def _check_space(directory: Path, needed: int) -> None:
-    free = shutil.disk_usage(directory).free
-    if needed > free:
-        raise PermanentTransferError(
-            f"not enough space on {directory}: {needed / 1e9:.2f} GB needed, "
-            f"{free / 1e9:.2f} GB free"
-        )
-
-
-def _fsync_tree(directory: Path) -> None:
-    for dirpath, _, filenames in os.walk(directory):
-        for fname in filenames:
-            fd = os.open(os.path.join(dirpath, fname), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _finish_data(data: Path, small: list[tuple[str, bytes]], read_only: bool = False) -> None:
+    """Write the manifest and sums, check the listing (nothing unlisted, nothing missing)."""
+    data.mkdir(parents=True, exist_ok=True)
+    for name, content in small:
+        (data / name).write_bytes(content)
+        if read_only:  # like the linked weights: a version from the cache is not edited
+            (data / name).chmod(0o444)
+    manifest = parse_manifest((data / MANIFEST_NAME).read_text(encoding="utf-8"))
+    check_listing(data, manifest)
+    fsync_tree(data)
 
 
 def _publish(data: Path, dest: Path, tmp: Path) -> None:
@@ -392,5 +394,5 @@ def _publish(data: Path, dest: Path, tmp: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
             raise RepositoryError(f"cannot publish {dest}: {exc.strerror}") from None
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,127 @@
+"""The files of a version through the node cache: fetch what is missing, link the rest.
+
+Called by :func:`podserve.storage.pull.pull_async` (``--cache DIR``) with the jobs it planned
+from the source's manifest. Under the cache's lock: every blob the version needs is checked
+(present and hashing to its name: a hit; damaged: removed), the missing ones are downloaded
+into the cache's incoming directory with the same parallel, verified, resumable machinery as
+a plain pull, moved into the store, and each file of the version is materialised from its blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from podserve.errors import ConfigurationError, IntegrityError, PermanentTransferError
+from podserve.storage.cache import BlobKey, Materialised, NodeCache
+from podserve.storage.download import FileJob, Journal, Reporter, download, fingerprint, plan
+from podserve.storage.sources.base import Source
+
+
+async def fill_from_cache(
+    cache: NodeCache,
+    source: Source,
+    jobs: list[FileJob],
+    concurrency: int,
+    part_size: int,
+    rep: Reporter,
+) -> int:
+    """Materialise ``jobs`` (their ``path``) from the cache; returns the bytes downloaded."""
+    keys: dict[str, BlobKey] = {}
+    for job in jobs:
+        if job.algorithm is None or job.expected is None:
+            raise ConfigurationError(f"{job.name}: no digest recorded; the cache needs one")
+        keys[job.name] = BlobKey(job.algorithm, job.expected)
+    if cache.is_locked():
+        rep.message(f"another pull is using the node cache {cache.directory}; waiting for it")
+    lock = await asyncio.to_thread(cache.acquire)
+    try:
+        missing: dict[BlobKey, FileJob] = {}
+        hits = 0
+        for job in jobs:
+            key = keys[job.name]
+            if key in missing:
+                continue  # the same bytes twice in one version: fetched once
+            state = await asyncio.to_thread(cache.check, key, job.size)
+            if state:
+                hits += job.size
+                continue
+            if state is False:
+                rep.message(f"{key} in the node cache is damaged; removed, fetching it again")
+            missing[key] = job
+        fetched = sum(j.size for j in missing.values())
+        if missing:
+            await asyncio.to_thread(cache.evict, fetched)
+        rep.message(
+            f"node cache: {hits / 1e6:.1f} MB already on this node, "
+            f"{fetched / 1e6:.1f} MB to download"
+        )
+        if missing:
+            await _download(cache, source, missing, concurrency, part_size, rep)
+        modes: set[Materialised] = set()
+        for job in jobs:
+            modes.add(await asyncio.to_thread(cache.materialise, keys[job.name], job.path))
+        if modes - {"link"}:
+            rep.message(
+                f"{sorted(modes)} from {cache.directory}: the destination is on another "
+                "filesystem, so copies share neither disk nor memory with the cache"
+            )
+        await asyncio.to_thread(cache.evict)
+        return fetched
+    finally:
+        cache.release(lock)
+
+
+async def _download(
+    cache: NodeCache,
+    source: Source,
+    missing: dict[BlobKey, FileJob],
+    concurrency: int,
+    part_size: int,
+    rep: Reporter,
+) -> None:
+    incoming = cache.incoming
+    order = sorted(missing, key=lambda k: -missing[k].size)  # big files first
+    jobs = [
+        FileJob(missing[key].name, incoming / key.digest, missing[key].size, key.algorithm,
+                key.digest)
+        for key in order
+    ]  # fmt: skip
+    fp = fingerprint(source.describe(), *(f"{j.name}={j.expected}" for j in jobs), part_size,
+                     source.ranged)  # fmt: skip
+    total = sum(j.size for j in jobs)
+    for attempt in (1, 2):
+        journal = Journal(incoming, fp)
+        try:
+            kept = plan(jobs, part_size, source.ranged, journal)
+            free = shutil.disk_usage(incoming).free
+            if total - kept > free:
+                raise PermanentTransferError(
+                    f"not enough space on {incoming}: {(total - kept) / 1e9:.2f} GB needed, "
+                    f"{free / 1e9:.2f} GB free"
+                )
+            if kept:
+                rep.message(f"resuming: {kept / 1e6:.1f} MB already downloaded")
+            rep.start(total, kept)
+            try:
+                await download(source, jobs, journal, concurrency=concurrency, reporter=rep)
+            except IntegrityError:
+                if attempt == 2 or not any(j.resumed for j in jobs):
+                    raise
+                rep.message("checksum mismatch on resumed data; downloading it again")
+                continue
+        finally:
+            journal.close()
+        for key, job in zip(order, jobs, strict=True):
+            await asyncio.to_thread(cache.adopt, job.path, key)
+        _clear(incoming)
+        return
+
+
+def _clear(directory: Path) -> None:
+    for child in directory.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
