@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import mmap
+import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +156,36 @@ def test_unaligned_tensor_is_copied_correctly() -> None:
     assert int(got["pad"][0]) == 7
 
 
-def test_read_only_buffer_is_refused(sample: tuple[Path, dict[str, torch.Tensor]]) -> None:
-    path, _ = sample
-    with pytest.raises(ValueError, match="writable"):
-        load_tensors(path.read_bytes(), str(path))
+def test_read_only_shared_mapping_is_viewed_without_copy_or_warning(
+    sample: tuple[Path, dict[str, torch.Tensor]],
+) -> None:
+    """Every dtype over a PROT_READ/MAP_SHARED mapping: exact, zero-copy, warning-free."""
+    path, expected = sample
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    data = np.frombuffer(mm, dtype=np.uint8)
+    assert not data.flags.writeable
+    got = load_tensors(data, str(path))  # warnings are errors in this suite
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype
+        assert torch.equal(got[name], tensor), name
+        if tensor.numel():
+            assert data.ctypes.data <= got[name].data_ptr() < data.ctypes.data + data.nbytes
+    assert torch.equal(load_tensors(path.read_bytes(), str(path))["a.f32"], expected["a.f32"])
+
+
+def test_writing_a_read_only_mapped_tensor_faults_instead_of_changing_weights(
+    sample: tuple[Path, dict[str, torch.Tensor]],
+) -> None:
+    path, expected = sample
+    code = (
+        "import mmap, sys, numpy as np\n"
+        "from podserve.runtime.safetensors_view import load_tensors\n"
+        "fh = open(sys.argv[1], 'rb')\n"
+        "mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)\n"
+        "t = load_tensors(np.frombuffer(mm, dtype=np.uint8), 'x')['a.f32']\n"
+        "t.add_(1)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(path)], timeout=120, check=False)
+    assert result.returncode == -signal.SIGSEGV
+    assert torch.equal(load_tensors(path.read_bytes(), str(path))["a.f32"], expected["a.f32"])

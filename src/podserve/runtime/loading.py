@@ -50,6 +50,7 @@ class VersionReader:
         self.consumed: set[str] = set()
         self._started = time.perf_counter()
         self._weight_check: str | None = None
+        self._shared = True  # every weight buffer so far maps the page cache
 
     @property
     def names(self) -> list[str]:
@@ -87,19 +88,30 @@ class VersionReader:
         self.report.bytes_read += len(data)
         return data
 
-    def weights(self, name: str) -> WeightBuffer:
-        """A weight file as one buffer, verified in the read pass (settings.read_strategy)."""
+    def weights(self, name: str, *, writable: bool = False) -> WeightBuffer:
+        """A weight file as one buffer, verified in the read pass (settings.read_strategy).
+
+        With the ``mmap`` strategy the buffer maps the page cache read-only (shared by every
+        process serving the file); ``writable`` maps it copy-on-write instead.
+        """
         entry = self._entry(name)
         buffer = read_weights(
             self.version.path / name,
             entry,
             strategy=self.settings.read_strategy,
             verify=self.full,
+            writable=writable,
         )
         self.consumed.add(name)
         self.report.bytes_read += entry.size
         self._weight_check = buffer.verified
+        self._shared = self._shared and buffer.shared
         return buffer
+
+    def private(self, why: str) -> None:
+        """The runtime copies the weights (dtype, device, its own arena): say so, and why."""
+        self.report.weights = "private"
+        self.report.details.setdefault("weights_private_because", why)
 
     def finish(self, device: str) -> None:
         """Check every file not consumed yet, then complete the report."""
@@ -116,5 +128,11 @@ class VersionReader:
         else:
             self.report.verified = "size"
         self.report.device = device
+        if self.report.weights == "none" and self._weight_check is not None:
+            self.report.weights = "shared" if self._shared else "private"
+            if not self._shared:
+                self.report.details.setdefault(
+                    "weights_private_because", "read_strategy read (a buffer per process)"
+                )
         self.report.seconds = time.perf_counter() - self._started
         self.report.details.setdefault("read_strategy", self.settings.read_strategy)

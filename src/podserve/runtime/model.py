@@ -39,6 +39,10 @@ class LoadReport:
     seconds: float = 0.0
     verified: str = "none"  # "blake3", "sha256", "size", or "none" when the runtime read nothing
     device: str = "cpu"
+    # "shared": the weights in use are the page cache's pages (replicas on a node hold them
+    # once); "private": this process holds its own copy (details["weights_private_because"]
+    # says why); "none": the runtime reads no weight file.
+    weights: str = "none"
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -93,6 +93,7 @@ class OnnxModel(Model):
             ) from None
         finally:
             buf.close()
+        reader.private("ONNX Runtime copies the initializers into its own buffers")
         self._session_inputs = {i.name for i in self._session.get_inputs()}
         self._task = opts.get("task")
         if self._task not in (None, "embedding"):

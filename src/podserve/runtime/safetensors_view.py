@@ -6,7 +6,8 @@ raw tensor bytes (offsets relative to the end of the header). Nothing in it runs
 
 The load path reads a whole file once into one :class:`~podserve.storage.reader.WeightBuffer`
 (verified in the same pass) and :func:`load_tensors` returns tensors that are views of that
-buffer — no per-tensor copies, so a warm, memory-mapped load costs a few ms per GB.
+buffer — no per-tensor copies, so a warm, memory-mapped load costs a few ms per GB, and with
+the shared read-only mapping every process serving the file uses the same physical pages.
 
 Pipeline stages load only some tensors. They read the header alone, ask for the byte ranges
 of their tensors, read those, and view them::
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.dlpack import from_dlpack
 
 from podserve.errors import IntegrityError
 
@@ -99,14 +101,12 @@ class SafetensorsHeader:
     ) -> dict[str, torch.Tensor]:
         """Tensors viewing ``buffer``, which holds the file's bytes from ``offset`` on.
 
-        ``buffer`` must be writable (a numpy uint8 array, bytearray, writable mmap); the
-        tensors share its memory and keep it alive. A tensor whose offset is not aligned to its
-        element size is copied (rare: writers align them), so arithmetic never sees an
-        unaligned pointer.
+        ``buffer`` is a numpy uint8 array, a bytearray or a mapping, writable or read-only
+        (the shared read-only mapping of :mod:`podserve.storage.reader`); the tensors share
+        its memory and keep it alive. A tensor whose offset is not aligned to its element size
+        is copied (rare: writers align them), so arithmetic never sees an unaligned pointer.
         """
         mv = memoryview(buffer)
-        if mv.readonly:
-            raise ValueError(f"{self.where}: the buffer must be writable to be viewed by torch")
         size = mv.nbytes
         out: dict[str, torch.Tensor] = {}
         for info in self._select(names):
@@ -116,7 +116,7 @@ class SafetensorsHeader:
                     f"{self.where}: tensor {info.name!r} [{info.start}, {info.end}) is outside "
                     f"the buffer given [{offset}, {offset + size})"
                 )
-            out[info.name] = _tensor(buffer, info, begin)
+            out[info.name] = _tensor(buffer, info, begin, mv.readonly)
         return out
 
     def _select(self, names: Iterable[str] | None) -> list[TensorInfo]:
@@ -128,7 +128,7 @@ class SafetensorsHeader:
             raise IntegrityError(f"{self.where}: no tensor named {exc.args[0]!r}") from None
 
 
-def _tensor(buffer: Any, info: TensorInfo, begin: int) -> torch.Tensor:
+def _tensor(buffer: Any, info: TensorInfo, begin: int, readonly: bool) -> torch.Tensor:
     dtype = DTYPES[info.dtype]
     count = math.prod(info.shape)
     if count == 0:
@@ -137,7 +137,18 @@ def _tensor(buffer: Any, info: TensorInfo, begin: int) -> torch.Tensor:
     if itemsize > 1 and _address(buffer, begin) % itemsize:
         raw = bytearray(memoryview(buffer)[begin : begin + info.length])
         return torch.frombuffer(raw, dtype=dtype, count=count).reshape(info.shape)
+    if readonly:
+        # torch.frombuffer / from_numpy warn on read-only memory (torch has no read-only
+        # tensors). DLPack carries the read-only flag and torch imports it without a copy or
+        # a warning; a write into the PROT_READ pages would fault, never change the weights.
+        carrier = np.frombuffer(buffer, dtype=_UNSIGNED[itemsize], count=count, offset=begin)
+        tensor = from_dlpack(carrier)
+        return (tensor if tensor.dtype == dtype else tensor.view(dtype)).reshape(info.shape)
     return torch.frombuffer(buffer, dtype=dtype, count=count, offset=begin).reshape(info.shape)
+
+
+# Same-size integer types to carry any dtype (numpy has no bfloat16 / float8) over DLPack.
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def _address(buffer: Any, begin: int) -> int:

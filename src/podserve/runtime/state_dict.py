@@ -23,9 +23,13 @@ from podserve.storage.reader import WeightBuffer
 
 
 def read_state_dict(
-    reader: VersionReader, names: Iterable[str]
+    reader: VersionReader, names: Iterable[str], *, writable: bool = False
 ) -> tuple[list[WeightBuffer], dict[str, torch.Tensor]]:
-    """Read and verify ``names`` (weight files of the version); one merged state dict."""
+    """Read and verify ``names`` (weight files of the version); one merged state dict.
+
+    safetensors tensors view the shared read-only mapping (``writable``: copy-on-write);
+    ``torch.load`` makes its own copy, so the report says ``weights: private`` for it.
+    """
     buffers: list[WeightBuffer] = []
     tensors: dict[str, torch.Tensor] = {}
     for name in names:
@@ -38,8 +42,9 @@ def read_state_dict(
                 )
             buf = reader.weights(name)
             part = torch_load(buf)
+            reader.private("torch.load copies the tensors out of the file")
         elif suffix == ".safetensors":
-            buf = reader.weights(name)
+            buf = reader.weights(name, writable=writable)
             part = load_tensors(buf.data, str(buf.path))
         else:
             raise ModelDirectoryError(

@@ -60,7 +60,10 @@ class TorchModel(Model):
         if not issubclass(cls, torch.nn.Module):
             raise ManifestError(f"invalid field 'options.module': {cls.__name__} is no nn.Module")
         self._buffers: list[WeightBuffer]
-        self._buffers, tensors = read_state_dict(reader, weight_files(reader, opts.get("weights")))
+        # Copy-on-write: user code may write to its buffers (a step counter, a cache); pages
+        # stay the page cache's, shared by the replicas, until the module writes to them.
+        names = weight_files(reader, opts.get("weights"))
+        self._buffers, tensors = read_state_dict(reader, names, writable=True)
         try:
             module = cls(**kwargs)
         except PodserveError:
@@ -69,7 +72,11 @@ class TorchModel(Model):
             raise ModelDirectoryError(
                 f"{self.version.path}: {cls.__name__}(**kwargs) failed: {exc}"
             ) from None
-        _assign(module, tensors, str(self.version.path))
+        converted = _assign(module, tensors, str(self.version.path))
+        if converted:
+            reader.private(f"dtype conversion of {converted} tensors to the module's dtypes")
+        if device != "cpu":
+            reader.private(f"weights copied to {device}")
         self._device = torch.device(device)
         self._module = module.to(self._device).eval().requires_grad_(False)
         reader.finish(device)
@@ -121,8 +128,11 @@ class TorchModel(Model):
         self._buffers = []
 
 
-def _assign(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
-    """Strict load that keeps the verified views as parameters (copy only to change dtype)."""
+def _assign(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> int:
+    """Strict load that keeps the verified views as parameters (copy only to change dtype).
+
+    Returns how many tensors had to be converted (copied).
+    """
     current = module.state_dict(keep_vars=True)
     missing = sorted(current.keys() - tensors.keys())
     extra = sorted(tensors.keys() - current.keys())
@@ -132,6 +142,7 @@ def _assign(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: st
             f"(missing {missing[:5]}, unexpected {extra[:5]})"
         )
     state = {}
+    converted = 0
     for name, tensor in tensors.items():
         want = current[name]
         if tuple(want.shape) != tuple(tensor.shape):
@@ -139,5 +150,7 @@ def _assign(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: st
                 f"{where}: tensor {name} has shape {tuple(tensor.shape)}, the module expects "
                 f"{tuple(want.shape)}"
             )
+        converted += tensor.dtype != want.dtype
         state[name] = tensor if tensor.dtype == want.dtype else tensor.to(want.dtype)
     module.load_state_dict(state, strict=True, assign=True)
+    return converted

@@ -82,10 +82,11 @@ class TransformersModel(Model):
         if config is None:
             raise ManifestError(f"{self.version.path}: config.json missing (not a HF model dir)")
         self._buffers, tensors = _read_state_dict(self, reader)
-        self._forward = self._build(config, tensors, opts.get("implementation", "auto"))
+        self._forward = self._build(config, tensors, opts.get("implementation", "auto"), reader)
         self._device = torch.device(device)
         if device != "cpu":
             self._module.to(self._device)
+            reader.private(f"weights copied to {device}")
         tokenizer_name = opts.get("tokenizer", "tokenizer.json")
         if not reader.has(tokenizer_name):
             raise ManifestError(f"invalid field 'options.tokenizer': {tokenizer_name} not found")
@@ -103,7 +104,11 @@ class TransformersModel(Model):
         self.report.details["tensors"] = len(tensors)
 
     def _build(
-        self, config: dict[str, Any], tensors: dict[str, torch.Tensor], implementation: str
+        self,
+        config: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        implementation: str,
+        reader: VersionReader,
     ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         """The model and a function from tokenised inputs to hidden states or logits."""
         where = str(self.version.path)
@@ -127,6 +132,7 @@ class TransformersModel(Model):
             return lambda enc: lean.head(lean.pool(lean(**enc), enc["attention_mask"]))
         hf = _transformers_module(config, tensors, self._task, where)
         self._module = hf
+        reader.private("transformers copies the state dict into its own parameters")
         self.report.details["implementation"] = f"transformers:{type(hf).__name__}"
         if self._task == "embedding":
             return lambda enc: hf(**enc).last_hidden_state

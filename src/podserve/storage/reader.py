@@ -2,15 +2,20 @@
 
 Two strategies, chosen by ``PODSERVE_READ_STRATEGY``:
 
-* ``mmap``: the file is memory-mapped copy-on-write (writable views for the frameworks, no
-  copy, nothing written back). Warm page cache: a few ms per GB. Verification hashes the
-  mapping with BLAKE3 on several threads, which also faults the pages in.
+* ``mmap``: the file is memory-mapped read-only and shared (``MAP_SHARED``, ``PROT_READ``):
+  the tensors *are* the page cache's pages, so every process serving the same file (the
+  replicas on a node, which the node cache gives the same inodes) holds the weights once, and
+  nothing in the process can change the bytes that were verified (a write faults). Warm page
+  cache: a few ms per GB. Verification hashes the mapping itself with BLAKE3 on several
+  threads, which also faults the pages in: what is checked is what is used.
+  ``writable=True`` maps copy-on-write instead (``MAP_PRIVATE``), for runtimes running user
+  code that may write to its buffers: pages stay shared until written.
 * ``read``: one buffer of the file's size is allocated once and filled with large positional
   reads, a few in flight (in file order); each chunk is hashed as soon as it is in, so the
   digest costs (almost) nothing beyond the read. Better on network filesystems where mmap
-  page faults are slow.
+  page faults are slow; each process holds its own copy (``shared`` is False).
 
-Either way the caller gets one contiguous, writable buffer per file.
+Either way the caller gets one contiguous buffer per file; it is read-only when shared.
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ READERS = 4  # reads in flight for the "read" strategy (measured: benchmarks/col
 
 @dataclass
 class WeightBuffer:
-    """A file's bytes as a writable uint8 array; ``close`` releases the mapping."""
+    """A file's bytes as a uint8 array; ``close`` releases the mapping.
+
+    ``shared``: the array maps the page cache (other processes mapping the file share it);
+    it is read-only unless the file was mapped copy-on-write.
+    """
 
     path: Path
     data: np.ndarray
     verified: str  # "blake3", "sha256" or "size"
     _mmap: mmap.mmap | None = None
+    shared: bool = False
 
     def close(self) -> None:
         self.data = np.empty(0, dtype=np.uint8)
@@ -52,22 +62,30 @@ class WeightBuffer:
 
 
 def read_weights(
-    path: Path, entry: CheckedFile, *, strategy: ReadStrategy = "mmap", verify: bool = True
+    path: Path,
+    entry: CheckedFile,
+    *,
+    strategy: ReadStrategy = "mmap",
+    verify: bool = True,
+    writable: bool = False,
 ) -> WeightBuffer:
     """Read one listed file and check its size and (when ``verify``) its digest."""
     size = path.stat().st_size
     if size != entry.size:
         raise IntegrityError(f"{path}: size mismatch: {size} bytes on disk, {entry.size} expected")
     if strategy == "mmap":
-        return _read_mmap(path, entry, verify)
+        return _read_mmap(path, entry, verify, writable)
     return _read_sequential(path, entry, verify)
 
 
-def _read_mmap(path: Path, entry: CheckedFile, verify: bool) -> WeightBuffer:
+def _read_mmap(path: Path, entry: CheckedFile, verify: bool, writable: bool) -> WeightBuffer:
     with open(path, "rb") as fh:
         if entry.size == 0:
             return WeightBuffer(path, np.empty(0, np.uint8), "size")
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        if writable:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        else:
+            mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     data = np.frombuffer(mm, dtype=np.uint8)
     verified = "size"
     if verify:
@@ -77,7 +95,7 @@ def _read_mmap(path: Path, entry: CheckedFile, verify: bool) -> WeightBuffer:
         hasher.update(data)
         check_digest(path, algorithm, expected, hasher.hexdigest())
         verified = algorithm
-    return WeightBuffer(path, data, verified, mm)
+    return WeightBuffer(path, data, verified, mm, shared=True)
 
 
 def _read_sequential(path: Path, entry: CheckedFile, verify: bool) -> WeightBuffer:
