@@ -245,3 +245,35 @@ def test_signed_models_mount_the_trusted_keys(build: Callable[[str], list[Obj]])
     (container,) = pod["containers"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "trusted-keys")
     assert mount == {"name": "trusted-keys", "mountPath": keys_dir, "readOnly": True}
+
+
+def test_node_cache_pulls_once_per_node_and_serves_read_only(
+    build: Callable[[str], list[Obj]],
+) -> None:
+    objects = build("overlays/node-cache")
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (init,) = pod["initContainers"]
+    args = init["args"]
+    cache, dest = args[args.index("--cache") + 1], args[1]
+    # Cache and destination on one mount (hard links cannot cross mounts), written by init.
+    (mount,) = [m for m in init["volumeMounts"] if m["name"] == "node-cache"]
+    assert cache.startswith(mount["mountPath"] + "/")
+    assert dest.startswith(mount["mountPath"] + "/models/")
+    assert volumes["node-cache"]["hostPath"]["path"] == policy.NODE_CACHE_PATH
+    # The server sees only the models directory, read-only.
+    (server,) = pod["containers"]
+    (models,) = [m for m in server["volumeMounts"] if m["name"] == "models"]
+    assert models["readOnly"] is True
+    assert volumes["models"]["hostPath"] == {
+        "path": policy.NODE_CACHE_PATH + "/models",
+        "type": "Directory",
+    }
+    daemon = one(objects, "DaemonSet", "podserve-node-cache")["spec"]["template"]["spec"]
+    assert [c["name"] for c in daemon["initContainers"]] == ["prepare", "prepull"]
+    prepull = daemon["initContainers"][1]
+    config = next(v for v in daemon["volumes"] if v["name"] == "prepull")["configMap"]["name"]
+    versions = one(objects, "ConfigMap", config)["data"]["versions"]
+    assert "s3://my-models/minilm/1 minilm/1" in versions
+    assert "--cache /var/lib/podserve/cache" in prepull["command"][-1]

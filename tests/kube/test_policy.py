@@ -200,3 +200,70 @@ def test_defaults_and_deploy_agree() -> None:
 )
 def test_worker_queue_sources(container: Obj, queue: str) -> None:
     assert policy.worker_queue(container, {"cm": {"PODSERVE_QUEUE": "d"}}) == queue
+
+
+# --- the node cache's hostPath and its one root container -----------------------------------
+
+
+@pytest.fixture
+def node_cache(kubectl: str) -> list[Obj]:
+    import subprocess
+
+    from podserve.kube import schemas
+    from tests.tools import REPO
+
+    done = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "deploy" / "overlays" / "node-cache")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return schemas.load_documents(done.stdout)
+
+
+def pod_of(objects: list[Obj], wanted: str) -> Obj:
+    spec: Obj = kind(objects, wanted)["spec"]["template"]["spec"]
+    return spec
+
+
+def test_node_cache_overlay_is_clean(node_cache: list[Obj]) -> None:
+    assert policy.check(node_cache) == []
+
+
+def test_host_path_outside_the_node_cache_is_refused(node_cache: list[Obj]) -> None:
+    objects = copy.deepcopy(node_cache)
+    volume = next(v for v in pod_of(objects, "DaemonSet")["volumes"] if "hostPath" in v)
+    volume["hostPath"]["path"] = "/var/lib"
+    assert policy.check(objects) == [
+        f"DaemonSet/podserve-node-cache: volume {volume['name']!r}: hostPath /var/lib (only "
+        "the node cache /var/lib/podserve may be mounted from the node)"
+    ]
+
+
+def test_server_must_mount_the_node_cache_read_only(node_cache: list[Obj]) -> None:
+    objects = copy.deepcopy(node_cache)
+    container = pod_of(objects, "Deployment")["containers"][0]
+    container["volumeMounts"].append({"name": "node-cache", "mountPath": "/var/lib/podserve"})
+    assert policy.check(objects) == [
+        "Deployment/podserve: container 'podserve': the node cache must be mounted readOnly"
+    ]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: c["securityContext"]["capabilities"]["add"].append("DAC_OVERRIDE"),
+        lambda c: c.update(command=["sh", "-c", "chown -R 10001 /var/lib/podserve"]),
+        lambda c: c.update(name="prepare-more"),
+    ],
+    ids=["more-capabilities", "other-command", "other-name"],
+)
+def test_the_root_exception_is_exactly_the_chown(
+    node_cache: list[Obj], change: Callable[[Obj], None]
+) -> None:
+    objects = copy.deepcopy(node_cache)
+    change(pod_of(objects, "DaemonSet")["initContainers"][0])
+    problems = policy.check(objects)
+    assert len(problems) == 1
+    assert problems[0].endswith("runAsNonRoot must be true")

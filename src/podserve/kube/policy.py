@@ -21,6 +21,12 @@ from podserve.settings import STOP_MARGIN_SECONDS, Settings, worst_case_stop_sec
 Obj = Mapping[str, Any]
 
 SCRATCH_PATH = "/tmp"  # noqa: S108 - the pod's emptyDir, the only writable path
+# The node cache (deploy/components/node-cache): the one hostPath podserve mounts. Servers
+# mount it read-only; only init containers (pull, prepull) and the DaemonSet write to it.
+NODE_CACHE_PATH = "/var/lib/podserve"
+# The one container allowed to run as root: the DaemonSet's ``prepare``, which only chowns
+# the node cache directory to the server's uid, with CHOWN as its only capability.
+ROOT_EXCEPTION = ("DaemonSet", "prepare", ["chown", "10001:10001", NODE_CACHE_PATH])
 # Which endpoint of the HTTP server (protocol/http/routes.py) each probe must reach.
 PROBE_ENDPOINTS = {
     "startupProbe": routes.READY,
@@ -46,7 +52,7 @@ def check(objects: Iterable[Obj]) -> list[str]:
     }
     for obj in objs:
         where = f"{obj['kind']}/{obj['metadata']['name']}"
-        if obj["kind"] in ("Deployment", "Job"):
+        if obj["kind"] in ("Deployment", "Job", "DaemonSet"):
             pod = obj["spec"]["template"]["spec"]
             problems += [f"{where}: {p}" for p in _check_pod(pod, obj["kind"], config_maps)]
         elif obj["kind"] == "LeaderWorkerSet":
@@ -98,14 +104,26 @@ def _check_pod(pod: Obj, kind: str, config_maps: Mapping[str, Mapping[str, str]]
         claim = volume.get("persistentVolumeClaim")
         if kind in ("Deployment", "Worker") and claim is not None and not claim.get("readOnly"):
             problems.append(f"volume {volume['name']!r}: a served claim must be readOnly: true")
+        host = volume.get("hostPath")
+        if host is not None and not _under(host.get("path", ""), NODE_CACHE_PATH):
+            problems.append(
+                f"volume {volume['name']!r}: hostPath {host.get('path')} (only the node cache "
+                f"{NODE_CACHE_PATH} may be mounted from the node)"
+            )
     init = [(c, True) for c in pod.get("initContainers", [])]
     for container, is_init in [*init, *[(c, False) for c in pod["containers"]]]:
         name = f"container {container['name']!r}"
         sc = container.get("securityContext", {})
-        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+        if _root_exception(kind, container, is_init):
+            pass  # checked to the letter by _root_exception
+        elif sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
             problems.append(f"{name}: runAsNonRoot must be true")
-        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+        elif sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
             problems.append(f"{name}: runs as uid 0")
+        if kind == "Deployment" and not is_init:
+            for mount in container.get("volumeMounts", []):
+                if "hostPath" in volumes.get(mount["name"], {}) and not mount.get("readOnly"):
+                    problems.append(f"{name}: the node cache must be mounted readOnly")
         if sc.get("readOnlyRootFilesystem") is not True:
             problems.append(f"{name}: readOnlyRootFilesystem must be true")
         if sc.get("allowPrivilegeEscalation") is not False:
@@ -126,6 +144,27 @@ def _check_pod(pod: Obj, kind: str, config_maps: Mapping[str, Mapping[str, str]]
             problems += [f"{name}: {p}" for p in _check_probes(container, env)]
             problems += [f"{name}: {p}" for p in _check_grace(pod, container, env)]
     return problems
+
+
+def _under(path: str, base: str) -> bool:
+    parts = [p for p in path.split("/") if p]
+    return ".." not in parts and "/" + "/".join(parts[: len(base.split("/")) - 1]) == base
+
+
+def _root_exception(kind: str, container: Obj, is_init: bool) -> bool:
+    """The DaemonSet's ``prepare`` init container, exactly as components/node-cache has it."""
+    want_kind, want_name, want_command = ROOT_EXCEPTION
+    sc = container.get("securityContext", {})
+    caps = sc.get("capabilities", {})
+    return (
+        kind == want_kind
+        and is_init
+        and container["name"] == want_name
+        and [*container.get("command", []), *container.get("args", [])] == want_command
+        and caps.get("drop") == ["ALL"]
+        and caps.get("add") == ["CHOWN"]
+        and sc.get("privileged") in (None, False)
+    )
 
 
 def _check_probes(container: Obj, env: Mapping[str, str]) -> list[str]:
