@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "shared_memory.json"
 MB = 1024 * 1024
 
-MLP = '''
+MLP = """
 import torch
 
 class Net(torch.nn.Module):
@@ -53,7 +53,7 @@ class Net(torch.nn.Module):
         for layer in self.layers:
             x = torch.relu(layer(x))
         return x
-'''
+"""
 
 
 def stage(root: Path, decoder_layers: int, decoder_hidden: int) -> dict[str, dict[str, Any]]:
@@ -222,32 +222,35 @@ def measure(
 
 
 def summarise(rows: list[dict[str, Any]], sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """Per model and read strategy: what the weights cost with 1 and with N replicas.
+
+    ``weights_ratio``: the weight files' PSS summed over N replicas over that of one (shared
+    mappings: ~1.0). For a private copy the weights are anonymous memory and cannot be told
+    apart from the rest, so ``extra_per_replica_mb`` (PSS added by each replica after the
+    first) is the figure to compare with ``weight_mb``.
+    """
     out = []
-    keys = sorted({(r["model"], r["strategy"]) for r in rows})
-    for model, strategy in keys:
+    for model, strategy in sorted({(r["model"], r["strategy"]) for r in rows}):
         by_n = {r["replicas"]: r for r in rows if (r["model"], r["strategy"]) == (model, strategy)}
-        if 1 not in by_n or max(by_n) == 1:
-            continue
         n = max(by_n)
+        if 1 not in by_n or n == 1:
+            continue
         one, many = by_n[1], by_n[n]
-        # The weights part: what N replicas take beyond N copies of a weightless process.
-        # The process overhead (interpreter, torch, allocator) is estimated as PSS(1) minus the
-        # weight bytes, which assumes one replica holds its weights once.
-        overhead = one["pss_mb"] - sizes[model] / MB
-        weights_n = many["pss_mb"] - n * overhead
+        mapped_one = one["weight_file_pss_mb"]
         out.append(
             {
                 "model": model,
+                "runtime": many.get("runtime", ""),
                 "strategy": strategy,
-                "replicas": n,
                 "weights": many["weights"],
+                "replicas": n,
                 "weight_mb": round(sizes[model] / MB, 1),
+                "pss_1_mb": one["pss_mb"],
+                "pss_n_mb": many["pss_mb"],
                 "total_ratio": round(many["pss_mb"] / one["pss_mb"], 2),
-                "weights_ratio": round(weights_n / (sizes[model] / MB), 2),
-                "mapped_weights_ratio": (
-                    round(many["weight_file_pss_mb"] / one["weight_file_pss_mb"], 2)
-                    if one["weight_file_pss_mb"] > 1
-                    else None
+                "extra_per_replica_mb": round((many["pss_mb"] - one["pss_mb"]) / (n - 1), 1),
+                "weights_ratio": (
+                    round(many["weight_file_pss_mb"] / mapped_one, 2) if mapped_one > 1 else None
                 ),
             }
         )
@@ -280,7 +283,16 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the staged models")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--summarise", type=Path, metavar="JSON", help="recompute the summary of a result file"
+    )
     args = parser.parse_args()
+    if args.summarise:
+        result = json.loads(args.summarise.read_text())
+        result["summary"] = summarise(result["rows"], result["weight_bytes"])
+        args.summarise.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["summary"], indent=2))
+        return 0
     root = args.scratch / "models"
     layers, hidden = (4, 1152) if args.quick else (24, 1152)
     counts = [int(c) for c in (args.replicas or ("1,2" if args.quick else "1,2,4")).split(",")]
