@@ -82,7 +82,7 @@ def write_sharded(src: Path, dest: Path, shards: int, bump: int | None) -> None:
 def stage_versions(scratch: Path, layers: int, hidden: int) -> Path:
     from podserve.demo import demo_source
     from podserve.runtime.architectures.decoder import write_random_decoder
-    from podserve.storage.stage import collect_files, stage_model
+    from podserve.storage.staging import collect_files, stage_model
 
     root = scratch / "local"
     if (root / "decoder" / "2").exists():

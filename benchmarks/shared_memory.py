@@ -63,7 +63,7 @@ def stage(root: Path, decoder_layers: int, decoder_hidden: int) -> dict[str, dic
     from podserve.demo import stage_demo, stage_onnx_demo
     from podserve.pipeline.synthetic import stage_synthetic_decoder
     from podserve.runtime.safetensors_view import write_safetensors
-    from podserve.storage.stage import stage_model
+    from podserve.storage.staging import stage_model
 
     text = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["w2 w3"]}]}
     stage_demo(root)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from podserve.storage.stage import stage_model
+from podserve.storage.staging import stage_model
 from tests.runtime.conftest import load
 
 

@@ -53,6 +53,10 @@ def model_metadata(served: ServedModel) -> dict[str, Any]:
         meta["parameters"]["device"] = served.model.report.device
         signer = served.model.version.signer
         meta["parameters"]["signed_by"] = signer.describe() if signer else ""
+        meta["parameters"]["weights"] = served.model.report.weights
+        why = served.model.report.details.get("weights_private_because")
+        if why:
+            meta["parameters"]["weights_private_because"] = why
     meta["parameters"].update(served.extra_metadata)
     return meta
 
