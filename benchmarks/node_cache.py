@@ -155,6 +155,7 @@ def main() -> int:
     from moto.server import ThreadedMotoServer
 
     from podserve.storage.push import push
+    from podserve.storage.sources.base import SourceOptions
     from tests.storage.transfer_servers import CountingProxy, free_port, s3_env
 
     local = stage_versions(args.scratch, args.layers, args.hidden)
@@ -169,8 +170,10 @@ def main() -> int:
                    "PODSERVE_DRAIN_GRACE_SECONDS": "0"}  # fmt: skip
             os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
             boto3.client("s3").create_bucket(Bucket="models")
+            direct = SourceOptions(endpoint_url=f"http://127.0.0.1:{port}")  # not counted
             for v in "12":
-                push(local / "decoder" / v, f"s3://models/decoder/{v}")
+                push(local / "decoder" / v, f"s3://models/decoder/{v}", options=direct,
+                     concurrency=1)  # fmt: skip
             node = args.scratch / "node"
             shutil.rmtree(node, ignore_errors=True)
             cache, models = node / "cache", node / "models"

@@ -169,6 +169,26 @@ def test_eviction_never_removes_a_blob_a_present_version_uses(
     assert cache.versions() == [(root / "m" / "2").resolve()]
 
 
+def test_a_pull_never_evicts_the_unused_blobs_it_is_about_to_link(
+    tmp_path: Path, s3_bucket: str, moto_endpoint: str
+) -> None:
+    """Version 1 removed, then pulled again with a tight cap while another blob downloads."""
+    v1 = publish(tmp_path, s3_bucket, "1", shards())
+    v2 = publish(tmp_path, s3_bucket, "2", shards(changed=1))
+    root = tmp_path / "models"
+    cache = NodeCache(tmp_path / "cache", max_bytes=4 * SHARD)
+    pull(v1, root / "m" / "1", cache=cache)
+    own = BlobKey("blake3", hash_file(root / "m" / "1" / "model-1.safetensors", "blake3"))
+    _force_rmtree(root / "m" / "1")  # its 4 blobs are unused now
+    later = time.time() + 60  # the blob v2 does not need is the most recently used:
+    os.utime(cache.blob_path(own), (later, later))  # LRU alone would evict a hit first
+    second = pull(v2, root / "m" / "2", cache=cache)  # 3 hits + 1 download over the cap
+    assert second.fetched_bytes == SHARD
+    verified(root / "m" / "2")
+    assert len(cache.blobs()) == 4
+    assert own not in {b.key for b in cache.blobs()}  # v1's own shard went, the hits stayed
+
+
 def test_eviction_removes_least_recently_used_first(tmp_path: Path) -> None:
     cache = NodeCache(tmp_path / "cache", max_bytes=2 * 1000)
     keys = []

@@ -34,7 +34,7 @@ import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -196,18 +196,20 @@ class NodeCache:
     def usage(self) -> int:
         return sum(b.size for b in self.blobs())
 
-    def evict(self, needed: int = 0) -> list[Blob]:
+    def evict(self, needed: int = 0, keep: Collection[BlobKey] = ()) -> list[Blob]:
         """Remove unused blobs, oldest-used first, until ``needed`` more bytes fit the cap.
 
-        Call with the lock held. Blobs linked by a version (``st_nlink > 1``) are never
-        removed, so the store may stay over its cap while the node's versions need it.
+        Call with the lock held. Blobs linked by a version (``st_nlink > 1``) and ``keep``
+        (the hits of the pull in progress, not linked yet) are never removed, so the store
+        may stay over its cap while the node's versions need it.
         """
         if self.max_bytes is None:
             return []
         blobs = self.blobs()
         used = sum(b.size for b in blobs)
         removed: list[Blob] = []
-        for blob in sorted((b for b in blobs if b.links == 1), key=lambda b: b.used):
+        unused = (b for b in blobs if b.links == 1 and b.key not in keep)
+        for blob in sorted(unused, key=lambda b: b.used):
             if used + needed <= self.max_bytes:
                 break
             # Re-read the link count: a pull without the lock (none should) may have linked it.

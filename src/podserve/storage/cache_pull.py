@@ -52,7 +52,7 @@ async def fill_from_cache(
             missing[key] = job
         fetched = sum(j.size for j in missing.values())
         if missing:
-            await asyncio.to_thread(cache.evict, fetched)
+            await asyncio.to_thread(cache.evict, fetched, set(keys.values()))
         rep.message(
             f"node cache: {hits / 1e6:.1f} MB already on this node, "
             f"{fetched / 1e6:.1f} MB to download"
