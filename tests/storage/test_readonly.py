@@ -51,7 +51,13 @@ def test_verify_and_read_on_readonly_root(readonly_root: Path, strategy: str) ->
     entry = mv.listing.files["weights.safetensors"]
     buf = read_weights(mv.path / "weights.safetensors", entry, strategy=strategy)  # type: ignore[arg-type]
     assert buf.verified == "blake3"
-    buf.data[0] = 7  # writable private view: the file itself is untouched
+    if strategy == "mmap":  # the page cache, mapped read-only and shared
+        assert buf.shared
+        with pytest.raises(ValueError, match="read-only"):
+            buf.data[0] = 7
+    else:  # a private buffer of this process
+        assert not buf.shared
+        buf.data[0] = 7
     assert (mv.path / "weights.safetensors").read_bytes()[0] == 0
     buf.close()
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Literal
 
 from podserve.errors import ConfigurationError, RepositoryError
-from podserve.storage.integrity import Algorithm, hash_file, new_hasher
+from podserve.storage.integrity import Algorithm, hash_file
 
 READ_ONLY = 0o444
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -247,11 +247,6 @@ class NodeCache:
 
 
 def hash_blob(path: Path, algorithm: Algorithm) -> str:
-    """A file's digest; BLAKE3 hashes the mapped file on several threads."""
-    if algorithm == "blake3" and path.stat().st_size:
-        hasher = new_hasher("blake3")
-        hasher.update_mmap(path)  # type: ignore[union-attr]
-        return hasher.hexdigest()
     return hash_file(path, algorithm)
 
 
