@@ -295,19 +295,12 @@ def kube_play(eng: str, image: str, root: Path, report: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="podserve-kube-") as tmp:
         manifests = kube_manifests(image, root, Path(tmp))
         started = time.monotonic()
-        sh(eng, "kube", "play", str(manifests))
+        played = sh(eng, "kube", "play", str(manifests)).splitlines()
         try:
-            ctr = sh(
-                eng,
-                "ps",
-                "--filter",
-                "label=app.kubernetes.io/name=podserve",
-                "--filter",
-                "name=podserve-pod-podserve",
-                "--format",
-                "{{.Names}}",
-            )
-            ctr = ctr.splitlines()[0] if ctr else "podserve-pod-podserve"
+            # It prints "Pod:" and "Container:" headers, each followed by IDs.
+            if "Container:" not in played:
+                raise CheckFailed(f"kube play started no container: {played}")
+            ctr = played[played.index("Container:") + 1].strip()
             probe = (
                 "import urllib.request as u;"
                 "print(u.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=2).status)"
@@ -320,8 +313,9 @@ def kube_play(eng: str, image: str, root: Path, report: dict[str, Any]) -> None:
                 logs = sh(eng, "logs", "--tail", "30", ctr, check=False)
                 raise CheckFailed(f"kube play: {ctr} not ready in {READY_TIMEOUT_S:.0f} s\n{logs}")
             user = sh(eng, "exec", ctr, "id", "-u")
-            if user != UID:
-                raise CheckFailed(f"kube play: the container runs as uid {user}")
+            read_only = sh(eng, "inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", ctr)
+            if user != UID or read_only != "true":
+                raise CheckFailed(f"kube play: uid {user}, read-only root {read_only}")
             report["kube_play_ready_s"] = round(time.monotonic() - started, 1)
             report["kube_play"] = "ready"
             print(f"image: kube play of deploy/base ready in {report['kube_play_ready_s']} s")
