@@ -86,11 +86,13 @@ lock: install-dev
 	  --extra transformers --extra onnx --extra s3 --extra gpu -o $(LOCK_DIR)/cuda.txt
 
 ## lock-check: fail when requirements/ no longer resolves or no longer matches pyproject.toml
-# Re-resolves with the committed pins as preferences: any change (a range the pins left, a
-# release withdrawn, a hand edit) shows as a diff.
+# Re-resolves with the committed versions (not their hashes) as preferences: any change (a
+# range the pins left, a release withdrawn, a hash or pin edited by hand) shows as a diff.
 LOCK_CHECK_DIR := $(or $(TMPDIR),/tmp)/podserve-lock-check
 lock-check: install-dev
-	rm -rf $(LOCK_CHECK_DIR) && mkdir -p $(LOCK_CHECK_DIR) && cp requirements/*.txt $(LOCK_CHECK_DIR)/
+	rm -rf $(LOCK_CHECK_DIR) && mkdir -p $(LOCK_CHECK_DIR)
+	for f in requirements/*.txt; do \
+	  sed -e '/^ *--hash=/d' -e 's/ \\$$//' $$f > $(LOCK_CHECK_DIR)/$${f##*/}; done
 	$(MAKE) --no-print-directory lock LOCK_DIR=$(LOCK_CHECK_DIR)
 	@diff -ru requirements $(LOCK_CHECK_DIR) \
 	  && echo "lock-check: requirements/ resolves and matches pyproject.toml" \
