@@ -326,6 +326,7 @@ def kube_play(eng: str, image: str, root: Path, report: dict[str, Any]) -> None:
 def test(image: str, target: str, json_out: Path | None) -> None:
     eng = engine()
     report: dict[str, Any] = {"engine": sh(eng, "--version"), "image": image, "target": target}
+    report["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     report["build_s"] = round(build(image, target), 1)
     report["size_mb"] = round(image_size_mb(eng, image), 1)
     print(f"image: {image} is {report['size_mb']} MB", flush=True)
@@ -336,6 +337,7 @@ def test(image: str, target: str, json_out: Path | None) -> None:
         stage_models(root)
         run_like_deployment(eng, image, root, report)
         kube_play(eng, image, root, report)
+    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print("image-test:", json.dumps(report))
     if json_out:
         report["date"] = time.strftime("%Y-%m-%d")
