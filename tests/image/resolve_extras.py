@@ -1,13 +1,12 @@
 """Resolve ``podserve[EXTRA]`` for every extra in pyproject.toml with pip, in a fresh venv.
 
-    python tests/image/resolve_extras.py [--timeout 300] [--jobs 4] [--only s3,onnx]
+    python tests/image/resolve_extras.py [--timeout 300] [--jobs 4] [--pip pip] [--only s3,onnx]
 
-What a user's ``pip install 'podserve[s3]'`` does, minus the install: the venv's own pip
-(the one ``python -m venv`` ships, often older than a developer's) runs
-``pip install --dry-run`` against the package indexes pip is configured with. An extra fails
-when pip cannot resolve it or needs more than ``--timeout`` seconds (a resolver backtracking
-through releases is a failure a user would see as a hung install). ``make extras-check`` and
-CI run it; it exits 1 naming the extras that failed.
+What a user's ``pip install 'podserve[s3]'`` does, minus the install: a fresh venv, its pip
+upgraded to ``--pip`` (default: the newest release), runs ``pip install --dry-run`` against the
+package indexes pip is configured with. An extra fails when pip cannot resolve it or needs more
+than ``--timeout`` seconds (a resolver backtracking through releases is what a user sees as a
+hung install). ``make extras-check`` and CI run it; it exits 1 naming the extras that failed.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ def resolve(pip: Path, wheel: Path, extra: str, timeout: float) -> tuple[bool, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per extra")
+    parser.add_argument("--pip", default="pip", help="the pip the venv gets, e.g. pip==24.0")
     parser.add_argument("--jobs", type=int, default=4, help="extras resolved at once")
     parser.add_argument("--only", default="", help="comma-separated extras (default: all)")
     args = parser.parse_args(argv)
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         venv, dist = Path(tmp) / "venv", Path(tmp) / "dist"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = venv / "bin" / "pip"
+        upgrade = [str(pip), "install", "--quiet", "--upgrade", args.pip]
+        subprocess.run(upgrade, check=True)
         version = subprocess.run(
             [str(pip), "--version"], capture_output=True, text=True, check=True
         ).stdout.split()[1]
