@@ -1,13 +1,14 @@
 """Resolve ``podserve[EXTRA]`` for every extra in pyproject.toml with pip, in a fresh venv.
 
-    python tests/image/resolve_extras.py [--timeout 300] [--jobs 4] [--pip pip] [--only s3,onnx]
+    python tests/image/resolve_extras.py [--timeout 300] [--jobs 4] [--pip pip==24.0] [--only s3]
 
 What a user's ``pip install 'podserve[s3]'`` does, minus the install: a fresh venv, its pip
-upgraded to ``--pip`` (default: the newest release), runs ``pip install --dry-run`` against the
-package indexes pip is configured with. An extra fails when pip cannot resolve it or needs more
-than ``--timeout`` seconds (a resolver backtracking through releases is what a user sees as a
-hung install). ``dev`` is left to ``make install-dev`` unless named. ``make extras-check`` and
-CI run it; it exits 1 naming the extras that failed.
+set to ``--pip`` (default: pip 24.0, the official python:3.11 images' pip), runs
+``pip install --dry-run`` against the package indexes pip is configured with. An extra fails
+when pip cannot resolve it or needs more than ``--timeout`` seconds (a resolver backtracking
+through releases is what a user sees as a hung install). ``dev`` is left to
+``make install-dev`` unless named. ``make extras-check`` and CI run it; it exits 1 naming the
+extras that failed.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def resolve(pip: Path, wheel: Path, extra: str, timeout: float) -> tuple[bool, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per extra")
-    parser.add_argument("--pip", default="pip", help="the pip the venv gets, e.g. pip==24.0")
+    # pip 24.0 is what the official python:3.11 images ship; with the old boto3 range beside
+    # s3fs it ends in ResolutionImpossible where pip 26.3 still finds a solution.
+    parser.add_argument("--pip", default="pip==24.0", help="the pip the venv gets")
     parser.add_argument("--jobs", type=int, default=4, help="extras resolved at once")
     parser.add_argument("--only", default="", help="comma-separated extras (default: all)")
     args = parser.parse_args(argv)
