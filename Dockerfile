@@ -4,16 +4,27 @@
 # read-only model volume (deploy/base) or are pulled by an init container (overlays/pull-init).
 #
 #   docker build -t podserve:0.1.0 .                      # CPU (the default, last stage)
+#   docker build -t podserve:0.1.0-full --target full .   # CPU + transformers (any HF family)
 #   docker build -t podserve:0.1.0-cuda --target cuda .   # NVIDIA GPUs, MIG included
 #
-# CUDA choice: both targets use the same pinned Python base and the CUDA target takes torch
-# from PyTorch's CUDA wheel index. Those wheels carry their own CUDA user-space libraries
-# (cuBLAS, cuDNN, NCCL as nvidia-* wheels) and the node's driver is injected by the NVIDIA
-# container toolkit, so an nvidia/cuda base image would only add a second, possibly
-# mismatched copy of the same libraries and a different Python. Change TORCH_CUDA_INDEX
-# (e.g. .../cu126) to match the oldest driver in your GPU node pool.
+# Dependencies come from the hash-pinned locks in requirements/ (`make lock` regenerates
+# them from pyproject.toml's ranges), so every build installs the same files.
+#
+# Build-time settings that must never reach a layer, for docker buildx and podman alike:
+#   --secret id=pip.conf,src=FILE     a pip configuration: a private index, `cert = ...`
+#   --secret id=ca.crt,src=FILE       a CA bundle for TLS interception (pip's `cert`)
+#   --build-context wheels=DIR        a local wheel directory (pip's `--find-links`)
+# They are mounted only while the install step runs (docs/deploy.md, "Building the image").
+#
+# CUDA choice: both device kinds use the same pinned Python base. The cuda lock takes torch
+# from PyPI, whose Linux wheel is the CUDA 13 build and carries its own CUDA user-space
+# libraries (nvidia-* wheels); the node's driver (>= 580) is injected by the NVIDIA container
+# toolkit, so an nvidia/cuda base image would only add a second copy and a different Python.
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+# An empty default for `--build-context wheels=DIR`.
+FROM scratch AS wheels
 
 # --- build: the podserve wheel -------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS wheel
@@ -23,27 +34,16 @@ COPY src/ src/
 # The manifests podserve render patches: src/podserve/kube/templates links to deploy/.
 COPY deploy/base/ deploy/base/
 COPY deploy/components/ deploy/components/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
-
-# --- build: one virtualenv per accelerator kind ---------------------------------------------
-FROM ${PYTHON_IMAGE} AS venv-cpu
-ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
-ARG EXTRAS=transformers,onnx,s3
-COPY --from=wheel /dist /dist
-# The glob keeps the version out of this file; `set --` expands it without calling ls.
-RUN set -- /dist/podserve-*.whl \
- && python -m venv /opt/podserve \
- && /opt/podserve/bin/pip install --no-cache-dir --extra-index-url "${TORCH_CPU_INDEX}" \
-      "podserve[${EXTRAS}] @ file://$1"
-
-FROM ${PYTHON_IMAGE} AS venv-cuda
-ARG TORCH_CUDA_INDEX=https://download.pytorch.org/whl/cu128
-ARG EXTRAS=transformers,onnx,s3,gpu
-COPY --from=wheel /dist /dist
-RUN set -- /dist/podserve-*.whl \
- && python -m venv /opt/podserve \
- && /opt/podserve/bin/pip install --no-cache-dir --extra-index-url "${TORCH_CUDA_INDEX}" \
-      "podserve[${EXTRAS}] @ file://$1"
+COPY requirements/build.txt /run/lock/build.txt
+RUN --mount=type=bind,from=wheels,target=/run/wheels \
+    --mount=type=secret,id=pip.conf \
+    --mount=type=secret,id=ca.crt \
+    export PIP_CONFIG_FILE=/run/secrets/pip.conf \
+ && if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --find-links /run/wheels --require-hashes \
+      --only-binary=:all: -r /run/lock/build.txt \
+ && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /dist .
 
 # --- runtime: what serving needs and nothing else --------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -64,16 +64,81 @@ EXPOSE 8080 8081
 # No HEALTHCHECK on purpose: Kubernetes' startup/readiness/liveness probes own health.
 
 FROM runtime AS cuda
-COPY --from=venv-cuda /opt/podserve /opt/podserve
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PODSERVE_DEVICE=auto
+# PyPI's torch is the CUDA build: the cuda lock names no other index.
+ARG TORCH_INDEX=
+# The lock first (its layer is reused until the lock changes), then podserve's own wheel. The
+# venv gets no pip of its own (the base image's pip, by full path, installs into it); torch's C++ tests and
+# headers (for compiling extensions, which serving never does) are left out.
+COPY requirements/cuda.txt /opt/podserve/requirements.txt
+RUN --mount=type=bind,from=wheels,target=/run/wheels \
+    --mount=type=secret,id=pip.conf \
+    --mount=type=secret,id=ca.crt \
+    export PIP_CONFIG_FILE=/run/secrets/pip.conf \
+ && if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
+ && set -- --no-cache-dir --no-deps --find-links /run/wheels \
+ && if [ -n "${TORCH_INDEX}" ]; then set -- "$@" --extra-index-url "${TORCH_INDEX}"; fi \
+ && /usr/local/bin/python3 -m venv --without-pip /opt/podserve \
+ && /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install "$@" \
+      --require-hashes --only-binary=:all: -r /opt/podserve/requirements.txt \
+ && rm -rf /opt/podserve/lib/python3*/site-packages/torch/test \
+      /opt/podserve/lib/python3*/site-packages/torch/include
+COPY --from=wheel /dist/ /opt/podserve/dist/
+RUN /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install --no-cache-dir --no-deps \
+      /opt/podserve/dist/podserve-*.whl
 USER 10001:10001
 ENTRYPOINT ["podserve", "serve"]
 
-# Last stage = default target.
-FROM runtime AS cpu
-COPY --from=venv-cpu /opt/podserve /opt/podserve
+FROM runtime AS full
 ENV PODSERVE_DEVICE=cpu
+# PyPI has no CPU build of torch; the lock pins its hash, wherever it is fetched from.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The lock first (its layer is reused until the lock changes), then podserve's own wheel. The
+# venv gets no pip of its own (the base image's pip, by full path, installs into it); torch's C++ tests and
+# headers (for compiling extensions, which serving never does) are left out.
+COPY requirements/full.txt /opt/podserve/requirements.txt
+RUN --mount=type=bind,from=wheels,target=/run/wheels \
+    --mount=type=secret,id=pip.conf \
+    --mount=type=secret,id=ca.crt \
+    export PIP_CONFIG_FILE=/run/secrets/pip.conf \
+ && if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
+ && set -- --no-cache-dir --no-deps --find-links /run/wheels \
+ && if [ -n "${TORCH_INDEX}" ]; then set -- "$@" --extra-index-url "${TORCH_INDEX}"; fi \
+ && /usr/local/bin/python3 -m venv --without-pip /opt/podserve \
+ && /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install "$@" \
+      --require-hashes --only-binary=:all: -r /opt/podserve/requirements.txt \
+ && rm -rf /opt/podserve/lib/python3*/site-packages/torch/test \
+      /opt/podserve/lib/python3*/site-packages/torch/include
+COPY --from=wheel /dist/ /opt/podserve/dist/
+RUN /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install --no-cache-dir --no-deps \
+      /opt/podserve/dist/podserve-*.whl
+USER 10001:10001
+ENTRYPOINT ["podserve", "serve"]
+
+# Last stage = default target: the lean CPU image (no transformers; see docs/deploy.md).
+FROM runtime AS cpu
+ENV PODSERVE_DEVICE=cpu
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The lock first (its layer is reused until the lock changes), then podserve's own wheel. The
+# venv gets no pip of its own (the base image's pip, by full path, installs into it); torch's C++ tests and
+# headers (for compiling extensions, which serving never does) are left out.
+COPY requirements/cpu.txt /opt/podserve/requirements.txt
+RUN --mount=type=bind,from=wheels,target=/run/wheels \
+    --mount=type=secret,id=pip.conf \
+    --mount=type=secret,id=ca.crt \
+    export PIP_CONFIG_FILE=/run/secrets/pip.conf \
+ && if [ -f /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
+ && set -- --no-cache-dir --no-deps --find-links /run/wheels \
+ && if [ -n "${TORCH_INDEX}" ]; then set -- "$@" --extra-index-url "${TORCH_INDEX}"; fi \
+ && /usr/local/bin/python3 -m venv --without-pip /opt/podserve \
+ && /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install "$@" \
+      --require-hashes --only-binary=:all: -r /opt/podserve/requirements.txt \
+ && rm -rf /opt/podserve/lib/python3*/site-packages/torch/test \
+      /opt/podserve/lib/python3*/site-packages/torch/include
+COPY --from=wheel /dist/ /opt/podserve/dist/
+RUN /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install --no-cache-dir --no-deps \
+      /opt/podserve/dist/podserve-*.whl
 USER 10001:10001
 ENTRYPOINT ["podserve", "serve"]
