@@ -156,8 +156,6 @@ def run_server(settings: Settings, *, factory: ModelFactory | None = None) -> in
     """Blocking entry point used by ``podserve serve``: uvloop when available."""
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency via uvicorn[standard]
-        runner = asyncio.run
-    return runner(Server(settings, factory=factory).run())
+        return asyncio.run(Server(settings, factory=factory).run())
+    return uvloop.run(Server(settings, factory=factory).run())

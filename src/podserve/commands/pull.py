@@ -70,7 +70,7 @@ def _pull(args: argparse.Namespace) -> int:
     from podserve.storage.signature import TrustPolicy
     from podserve.storage.sources.base import redact
 
-    settings = Settings()  # type: ignore[call-arg]
+    settings = Settings()
     args.concurrency = args.concurrency or settings.pull_concurrency
     args.part_size_mb = args.part_size_mb or settings.pull_part_size_mb
     limits = ArchiveLimits(settings.archive_max_bytes, settings.archive_max_members)

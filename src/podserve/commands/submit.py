@@ -65,7 +65,7 @@ def _requests(args: argparse.Namespace) -> list[bytes]:
 def _submit(args: argparse.Namespace) -> int:
     from podserve.settings import Settings
 
-    url = args.amqp_url or Settings().amqp_url.get_secret_value()  # type: ignore[call-arg]
+    url = args.amqp_url or Settings().amqp_url.get_secret_value()
     bodies = _requests(args) * max(args.repeat, 1)
     return asyncio.run(_submit_async(url, args, bodies))
 

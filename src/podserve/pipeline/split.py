@@ -132,7 +132,7 @@ def split_model(
         num_layers=num_layers,
         hidden_size=hidden,
         balance=by,
-        activations=activations,  # type: ignore[arg-type]
+        activations=activations,
         files=file_specs,
         stages=tuple(stages),
     )

@@ -110,7 +110,8 @@ class Manifest(_Strict):
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_defaults=True)
         data["runtime"] = self.runtime
-        return yaml.safe_dump(data, sort_keys=False)
+        text: str = yaml.safe_dump(data, sort_keys=False)
+        return text
 
 
 def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:

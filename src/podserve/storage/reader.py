@@ -92,7 +92,7 @@ def _read_mmap(path: Path, entry: CheckedFile, verify: bool, writable: bool) -> 
         algorithm, expected = expected_digest(entry)
         mm.madvise(mmap.MADV_SEQUENTIAL)
         hasher = new_hasher(algorithm)
-        hasher.update(data)
+        hasher.update(data)  # type: ignore[arg-type]  # numpy arrays are buffers
         check_digest(path, algorithm, expected, hasher.hexdigest())
         verified = algorithm
     return WeightBuffer(path, data, verified, mm, shared=True)
@@ -143,7 +143,7 @@ def _pread_chunk(fd: int, view: memoryview, offset: int, path: Path) -> None:
 def read_range(path: Path, offset: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
     """Read one byte range (e.g. a single tensor) with positional reads; counts as I/O."""
     buf = np.empty(length, dtype=np.uint8) if out is None else out
-    view = memoryview(buf)
+    view = memoryview(buf)  # type: ignore[arg-type]  # numpy arrays are buffers
     fd = os.open(path, os.O_RDONLY)
     try:
         pos = 0

@@ -80,7 +80,7 @@ def tensor_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any
 def _nested_shape(name: str, data: list[Any]) -> tuple[int, ...]:
     """The shape of a nested JSON list; ragged nesting is an error."""
     shape: list[int] = []
-    level: list[Any] = data
+    level: Any = data
     while isinstance(level, list):
         shape.append(len(level))
         level = level[0] if level else None
@@ -126,7 +126,8 @@ def tensor_to_json(array: np.ndarray) -> list[Any]:
     """Flat row-major list for a JSON response (BYTES as UTF-8 text where possible)."""
     if array.dtype == object or array.dtype.kind in "SU":
         return [_bytes_to_text(x) for x in array.reshape(-1)]
-    return array.reshape(-1).tolist()  # type: ignore[no-any-return]
+    flat: list[Any] = array.reshape(-1).tolist()
+    return flat
 
 
 def _bytes_to_text(value: Any) -> Any:
@@ -200,4 +201,5 @@ def tensor_to_raw(array: np.ndarray) -> bytes | memoryview:
         return serialize_bytes(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return memoryview(np.ascontiguousarray(array)).cast("B")
+    contiguous = np.ascontiguousarray(array)
+    return memoryview(contiguous).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
