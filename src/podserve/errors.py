@@ -141,6 +141,14 @@ class ResourceExhaustedError(PodserveError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class ModelMemoryError(PodserveError):
+    """An on-demand model does not fit the model memory budget, even after evictions."""
+
+    http_status = 503
+    grpc_code = "RESOURCE_EXHAUSTED"
+    attempted = False
+
+
 class OverloadedError(PodserveError):
     http_status = 503
     grpc_code = "UNAVAILABLE"

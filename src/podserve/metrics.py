@@ -108,6 +108,47 @@ OOM_SPLITS = Counter(
     registry=REGISTRY,
 )
 
+RESIDENT_BYTES = Gauge(
+    "podserve_model_resident_bytes",
+    "Measured bytes of a loaded model (0 when not resident).",
+    ["model"],
+    registry=REGISTRY,
+)
+MODEL_MEMORY_BUDGET = Gauge(
+    "podserve_model_memory_budget_bytes", "Host memory budget for models.", registry=REGISTRY
+)
+MODEL_LOADS = Counter(
+    "podserve_model_loads_total",
+    "Loads of a model (start, API, on demand).",
+    ["model"],
+    registry=REGISTRY,
+)
+MODEL_EVICTIONS = Counter(
+    "podserve_model_evictions_total",
+    "On-demand models evicted to make room.",
+    ["model"],
+    registry=REGISTRY,
+)
+RESIDENCY_HITS = Counter(
+    "podserve_residency_hits_total",
+    "Requests that found their on-demand model loaded.",
+    ["model"],
+    registry=REGISTRY,
+)
+RESIDENCY_MISSES = Counter(
+    "podserve_residency_misses_total",
+    "Requests that waited for their on-demand model.",
+    ["model"],
+    registry=REGISTRY,
+)
+COLD_LOAD_WAIT = Histogram(
+    "podserve_cold_load_wait_seconds",
+    "What a request spent waiting for its on-demand model to load.",
+    ["model"],
+    buckets=(*_LATENCY_BUCKETS, 60.0, 120.0),
+    registry=REGISTRY,
+)
+
 MEMORY_BUDGET = Gauge(
     "podserve_memory_budget_bytes",
     "Device memory budget (free at start x memory_fraction).",
@@ -209,7 +250,7 @@ QUEUE_INFLIGHT = Gauge(
     registry=REGISTRY,
 )
 
-STATES = ("loading", "ready", "draining", "stopped", "failed", "unloading", "unloaded")
+STATES = ("loading", "ready", "draining", "stopped", "failed", "unloading", "unloaded", "evicting")
 # The ``model`` label of requests naming a model this process does not serve (any number of
 # client-chosen names share it).
 UNKNOWN_MODEL = "<unknown>"

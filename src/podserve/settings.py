@@ -118,6 +118,35 @@ class Settings(BaseSettings):
         "inference thread, while they measure under this many microseconds; 0 = always hand off.",
     )
 
+    # --- many models per pod -------------------------------------------------------------
+    model_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Host memory budget for resident models (measured bytes of every loaded "
+        "model, pinned ones included); on-demand models are evicted least-recently-used to stay "
+        "under it. Unset (and no fraction) = no budget: nothing is evicted.",
+    )
+    model_memory_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="The budget as a share of the container's memory limit (cgroup v2 "
+        "memory.max or v1 memory.limit_in_bytes); PODSERVE_MODEL_MEMORY_BYTES wins when both "
+        "are set.",
+    )
+    on_demand_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models served on demand (comma-separated names, added to the served set): "
+        "listed in the index, loaded on their first request, evictable. A manifest may also say "
+        "`residency: on-demand`; every other model is pinned (loaded at start, gates readiness).",
+    )
+    cold_load_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Longest a request waits for its on-demand model to load (the request's own "
+        "timeout wins when shorter); it then gets 503 and the load carries on.",
+    )
+
     # --- lifecycle ----------------------------------------------------------------------
     drain_grace_seconds: float = Field(
         5.0,
@@ -258,6 +287,13 @@ class Settings(BaseSettings):
     @classmethod
     def _split_stages(cls, value: Any) -> Any:
         """``PODSERVE_PIPELINE_STAGES=stage-1:8081,stage-2:8081``."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("on_demand_models", mode="before")
+    @classmethod
+    def _split_on_demand(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value

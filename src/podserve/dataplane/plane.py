@@ -20,6 +20,7 @@ from typing import Any
 from podserve import metrics
 from podserve.dataplane import metadata
 from podserve.dataplane.models import ModelFactory, ServedModel, load_blocking, start_batcher
+from podserve.dataplane.residency import Residency
 from podserve.dataplane.validation import check_inputs, check_outputs
 from podserve.errors import DrainingError, ModelNotFoundError, ModelNotReadyError, PodserveError
 from podserve.settings import Settings
@@ -54,6 +55,7 @@ class DataPlane:
         self._idle = asyncio.Event()
         self._idle.set()
         self._model_locks: dict[str, asyncio.Lock] = {}  # one load/unload of a model at a time
+        self.residency = Residency(self, settings)
         metrics.set_state(metrics.SERVER_STATE, "loading")
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -62,7 +64,7 @@ class DataPlane:
         """``listener(model_or_'', state)``; the queue worker starts/stops consuming on it."""
         self._listeners.append(listener)
 
-    def _set_model_state(self, served: ServedModel, state: str, reason: str = "") -> None:
+    def set_model_state(self, served: ServedModel, state: str, reason: str = "") -> None:
         served.state, served.reason = state, reason
         metrics.set_state(metrics.MODEL_STATE, state, model=served.name)
         # A model that failed to load is an error a log-based alert must see.
@@ -90,9 +92,17 @@ class DataPlane:
             if not refs:
                 self.startup_error = f"no models found under {self.repository.root}"
                 log.error(self.startup_error)
+        refs += [(n, None) for n in self.settings.on_demand_models if n not in dict(refs)]
+        pinned = []
         for name, version in refs:
             self.models[name] = ServedModel(name, version)
-        await asyncio.gather(*(self.load(name, version) for name, version in refs))
+            estimate = await asyncio.to_thread(self._on_demand_estimate, name, version)
+            if estimate is None:
+                pinned.append((name, version))
+                continue
+            self.residency.register(name, pinned=False, estimate=estimate)
+            self.set_model_state(self.models[name], "unloaded", "on demand: loads on first request")
+        await asyncio.gather(*(self.load(name, version) for name, version in pinned))
         if self.all_ready():
             self._set_server_state("ready")
             metrics.TIME_TO_READY.set(time.monotonic() - self.started)
@@ -104,6 +114,16 @@ class DataPlane:
     def _lock(self, name: str) -> asyncio.Lock:
         # Callers resolved ``name`` in the repository (or the settings named it): bounded.
         return self._model_locks.setdefault(name, asyncio.Lock())
+
+    def _on_demand_estimate(self, name: str, version: str | None) -> int | None:
+        """The manifest's file sizes when ``name`` is served on demand, else None (pinned)."""
+        try:
+            mv = self.repository.open(name, version)
+        except PodserveError:
+            return 0 if name in self.settings.on_demand_models else None  # load reports it
+        if name in self.settings.on_demand_models or mv.manifest.residency == "on-demand":
+            return sum(f.size for f in mv.manifest.files.values())
+        return None
 
     async def load(self, name: str, version: str | None = None) -> ServedModel:
         """Verify, load and warm up one model; failures leave it ``failed`` with the reason.
@@ -124,20 +144,21 @@ class DataPlane:
             if served is not None and served.batcher is not None:
                 await self._unload(served)  # a different version was asked for
             served = self.models[name] = ServedModel(name, version)
-        self._set_model_state(served, "loading")
+        self.set_model_state(served, "loading")
         try:
-            mv, model = await asyncio.to_thread(
-                load_blocking, self.repository, self.settings, self._factory, name, version
+            mv, model = await self.residency.run_load(
+                name,
+                lambda: load_blocking(self.repository, self.settings, self._factory, name, version),
             )
         except PodserveError as exc:
-            self._set_model_state(served, "failed", str(exc))
+            self.set_model_state(served, "failed", str(exc))
             return served
         except Exception as exc:
             log.exception("loading model %s failed", name)
-            self._set_model_state(served, "failed", f"{type(exc).__name__}: {exc}")
+            self.set_model_state(served, "failed", f"{type(exc).__name__}: {exc}")
             return served
         start_batcher(served, mv, model, self.settings)
-        self._set_model_state(served, "ready")
+        self.set_model_state(served, "ready")
         if self.state in ("loading", "failed") and self.all_ready() and self.accepting:
             self._set_server_state("ready")
         return served
@@ -157,8 +178,8 @@ class DataPlane:
         if served.model is not None:
             await asyncio.to_thread(served.model.unload)
         served.model, served.batcher = None, None
-        self._set_model_state(served, "unloaded")
-        if self.state == "ready":
+        self.set_model_state(served, "unloaded")
+        if self.state == "ready" and not self.all_ready():  # on-demand models do not gate it
             self._set_server_state("loading")
 
     def set_unavailable(self, name: str, error: PodserveError | None) -> None:
@@ -169,9 +190,9 @@ class DataPlane:
             return
         served.unavailable = error
         if error is not None and served.state == "ready":
-            self._set_model_state(served, "unavailable", error.message)
+            self.set_model_state(served, "unavailable", error.message)
         elif error is None and served.state == "unavailable":
-            self._set_model_state(served, "ready")
+            self.set_model_state(served, "ready")
             if self.state in ("loading", "failed") and self.all_ready() and self.accepting:
                 self._set_server_state("ready")
 
@@ -181,7 +202,7 @@ class DataPlane:
             self._set_server_state("draining")
             for served in self.models.values():
                 if served.state == "ready":
-                    self._set_model_state(served, "draining")
+                    self.set_model_state(served, "draining")
 
     def stop_accepting(self) -> None:
         self.accepting = False
@@ -196,6 +217,7 @@ class DataPlane:
                 await served.batcher.drain()
 
     async def stop(self) -> None:
+        await self.residency.close()
         for served in self.models.values():
             if served.batcher is not None:
                 await served.batcher.close()
@@ -203,7 +225,7 @@ class DataPlane:
                 await asyncio.to_thread(served.model.unload)
             served.model, served.batcher = None, None
             if served.state not in ("failed", "unloaded"):
-                self._set_model_state(served, "stopped")
+                self.set_model_state(served, "stopped")
         self._set_server_state("stopped")
 
     # --- health and metadata ----------------------------------------------------------------
@@ -212,7 +234,11 @@ class DataPlane:
         return self.state != "stopped"
 
     def all_ready(self) -> bool:
-        return bool(self.models) and all(m.ready for m in self.models.values())
+        """Every pinned model is ready: on-demand ones load when asked and never gate it."""
+        return bool(self.models) and all(m.ready for m in self._pinned())
+
+    def _pinned(self) -> list[ServedModel]:
+        return [m for m in self.models.values() if not self.residency.on_demand(m.name)]
 
     def ready(self) -> bool:
         return self.state == "ready" and self.accepting and self.all_ready()
@@ -222,7 +248,7 @@ class DataPlane:
             return "server is draining"
         if not self.models:
             return self.startup_error or "no models are served"
-        bad = [m for m in self.models.values() if not m.ready]
+        bad = [m for m in self._pinned() if not m.ready]
         if bad:
             return "; ".join(
                 f"model '{m.name}' is {m.state}" + (f": {m.reason}" if m.reason else "")
@@ -245,7 +271,11 @@ class DataPlane:
         return metadata.model_stats([self._get(name)] if name else list(self.models.values()))
 
     def repository_index(self) -> list[dict[str, Any]]:
-        return metadata.repository_index(self.models, self.repository)
+        """Each model's state, and its residency and resident bytes."""
+        entries = metadata.repository_index(self.models, self.repository)
+        for entry in entries:
+            entry.update(self.residency.describe(entry["name"]))
+        return entries
 
     # --- inference ------------------------------------------------------------------------
 
@@ -261,38 +291,46 @@ class DataPlane:
             if not self.accepting:
                 raise DrainingError("server is shutting down; send the request to another replica")
             served = self._get(name, request.model_version)
-            if served.state not in SERVING or served.batcher is None or served.manifest is None:
-                if served.state == "unavailable" and served.unavailable is not None:
-                    err = served.unavailable  # a fresh instance: no traceback piles up
-                    raise type(err)(err.message)
-                raise ModelNotReadyError(served.not_ready_message())
-            inputs = check_inputs(served.manifest, request)
-            wanted = check_outputs(served.manifest, request)
-            self._inflight += 1
+            self._inflight += 1  # a request waiting for its on-demand model is accepted too
             self._idle.clear()
             try:
-                outputs = await served.batcher.submit(
-                    inputs, priority=request.priority, timeout_s=request.timeout_s
-                )
+                lease = await self.residency.admit(served, request.timeout_s)  # may load
+                try:
+                    response = await self._run(self._get(name, request.model_version), request)
+                finally:
+                    self.residency.release(lease)
             finally:
                 self._inflight -= 1
                 if not self._inflight:
                     self._idle.set()
-            response = InferResponse(
-                model_name=name,
-                model_version=served.version or "",
-                id=request.id,
-                outputs=[
-                    InferTensor(o, to_datatype(outputs[o]), tuple(outputs[o].shape), outputs[o])
-                    for o in wanted
-                ],
-            )
             outcome = "success"
             return response
         finally:
             count, seconds = metrics.request_children(label, surface, outcome)
             count.inc()
             seconds.observe(time.perf_counter() - started)
+
+    async def _run(self, served: ServedModel, request: InferRequest) -> InferResponse:
+        """Validate against the manifest, submit to the batcher, pick the outputs asked for."""
+        if served.state not in SERVING or served.batcher is None or served.manifest is None:
+            if served.state == "unavailable" and served.unavailable is not None:
+                err = served.unavailable  # a fresh instance: no traceback piles up
+                raise type(err)(err.message)
+            raise ModelNotReadyError(served.not_ready_message())
+        inputs = check_inputs(served.manifest, request)
+        wanted = check_outputs(served.manifest, request)
+        outputs = await served.batcher.submit(
+            inputs, priority=request.priority, timeout_s=request.timeout_s
+        )
+        return InferResponse(
+            model_name=served.name,
+            model_version=served.version or "",
+            id=request.id,
+            outputs=[
+                InferTensor(o, to_datatype(outputs[o]), tuple(outputs[o].shape), outputs[o])
+                for o in wanted
+            ],
+        )
 
     def served(self, name: str, version: str | None = None) -> ServedModel:
         """The served model, or ModelNotFoundError: surfaces check it before decoding."""

@@ -88,6 +88,7 @@ class Manifest(_Strict):
     device: str = "auto"
     require_accelerator: bool = False
     verify: Literal["full", "size"] = "full"
+    residency: Literal["pinned", "on-demand"] = "pinned"
     allow_torch_load: bool = False
     files: dict[str, FileEntry] = Field(default_factory=dict)
     description: str = ""
