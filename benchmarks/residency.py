@@ -36,12 +36,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from podserve import metrics  # noqa: E402
-from podserve.dataplane import DataPlane  # noqa: E402
-from podserve.settings import Settings  # noqa: E402
-from podserve.storage.repository import ModelRepository  # noqa: E402
-from podserve.v2 import InferRequest, InferTensor  # noqa: E402
-from tests.ballast import MIB, stage_ballast  # noqa: E402
+from podserve import metrics
+from podserve.dataplane import DataPlane
+from podserve.settings import Settings
+from podserve.storage.repository import ModelRepository
+from podserve.v2 import InferRequest, InferTensor
+from tests.ballast import MIB, stage_ballast
 
 RESULT = Path(__file__).parent / "results" / "residency.json"
 X = np.zeros((1, 4), np.float32)

@@ -126,7 +126,8 @@ def _grpc_infer(url: str, model: str) -> np.ndarray:
 def test_budget_holds_across_loads_and_evictions(server: Server) -> None:
     http_url, grpc_url = f"127.0.0.1:{server.http_port}", f"127.0.0.1:{server.grpc_port}"
     index = server.index()
-    assert index["m0"]["state"] == "UNLOADED" and index["m0"]["residency"] == "on-demand"
+    assert index["m0"]["state"] == "UNLOADED"
+    assert index["m0"]["residency"] == "on-demand"
     assert index["pin"]["state"] == "READY"
     base = _anon_rss(server.proc.pid)  # the pin and the runtime's imports are in it
     peak, stop = [base], threading.Event()
