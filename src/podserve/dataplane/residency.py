@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from podserve import metrics
 from podserve.errors import (
@@ -45,11 +45,24 @@ from podserve.settings import Settings
 
 if TYPE_CHECKING:
     from podserve.dataplane.models import ServedModel
-    from podserve.dataplane.plane import DataPlane
     from podserve.runtime.model import Model
     from podserve.storage.repository import ModelVersion
 
 SERVING = ("ready", "draining")  # as the plane's: states that take requests
+
+
+class Plane(Protocol):
+    """What residency uses of the :class:`~podserve.dataplane.DataPlane` that owns it."""
+
+    models: dict[str, ServedModel]
+    state: str
+
+    async def load(self, name: str, version: str | None = None) -> ServedModel: ...
+
+    async def unload(self, name: str) -> None: ...
+
+    def set_model_state(self, served: ServedModel, state: str, reason: str = "") -> None: ...
+
 
 CGROUP_FILES = (
     Path("/sys/fs/cgroup/memory.max"),  # v2
@@ -133,14 +146,14 @@ class Resident:
 
 
 class Residency:
-    """On-demand loads, the budget and LRU eviction of one :class:`DataPlane`.
+    """On-demand loads, the budget and LRU eviction of one data plane.
 
     ``max_models`` switches to count-based LRU (at most that many on-demand models resident,
     whatever their bytes): the policy model multiplexing elsewhere uses, kept for
     ``benchmarks/residency.py`` to compare against.
     """
 
-    def __init__(self, plane: DataPlane, settings: Settings, *, max_models: int | None = None):
+    def __init__(self, plane: Plane, settings: Settings, *, max_models: int | None = None):
         self.plane = plane
         self.settings = settings
         self.budget = model_budget(settings)
