@@ -171,7 +171,7 @@ class DataPlane:
 
     async def _unload(self, served: ServedModel) -> None:
         if served.state in SERVING or served.state == "unavailable":
-            self._set_model_state(served, "unloading")  # new requests: 503 from here on
+            self.set_model_state(served, "unloading")  # new requests: 503 from here on
         if served.batcher is not None:
             await served.batcher.drain()
             await served.batcher.close()
