@@ -159,7 +159,16 @@ def launch(peer: str, setup: Setup, threads: int, batching: bool, port: int) -> 
         else:
             argv += ["--max-batch-size", "1", "--max-queue-delay-ms", "0"]
         # This checkout's podserve, whatever the venv's install points at.
-        env = _env(setup, threads, batching, {"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{SERVERS}"})
+        env = _env(
+            setup,
+            threads,
+            batching,
+            {
+                "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{SERVERS}",
+                # The identity model's model.py is written by this harness, not a volume.
+                "PODSERVE_ALLOW_VOLUME_CODE": "yes",
+            },
+        )
         return Launch(argv, env, port, ports_used=1)
     raise ValueError(peer)
 
