@@ -116,15 +116,7 @@ def split_model(
                     blake3=hasher.hexdigest(),
                 )
             )
-        file_specs = {
-            f: WeightFile(
-                size=mv.listing.files[f].size,
-                sha256=mv.listing.files[f].sha256,
-                header_length=h.data_start,
-                header_blake3=blake3.blake3(mapped.views[f][: h.data_start]).hexdigest(),
-            )
-            for f, h in mapped.headers.items()
-        }
+        file_specs = weight_file_specs(mv, mapped)
     return Pipeline(
         model=mv.name,
         version=mv.version,
@@ -136,6 +128,19 @@ def split_model(
         files=file_specs,
         stages=tuple(stages),
     )
+
+
+def weight_file_specs(mv: ModelVersion, mapped: MappedWeights) -> dict[str, WeightFile]:
+    """Each weight file's size, SHA-256 and verified header, as a split manifest records them."""
+    return {
+        f: WeightFile(
+            size=mv.listing.files[f].size,
+            sha256=mv.listing.files[f].sha256,
+            header_length=h.data_start,
+            header_blake3=blake3.blake3(mapped.views[f][: h.data_start]).hexdigest(),
+        )
+        for f, h in mapped.headers.items()
+    }
 
 
 def read_config(mv: ModelVersion) -> dict[str, Any]:

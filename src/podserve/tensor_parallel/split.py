@@ -14,8 +14,7 @@ from pathlib import Path
 import blake3
 
 from podserve.errors import ManifestError
-from podserve.pipeline.split import MappedWeights, read_config, weight_files
-from podserve.pipeline.split_manifest import WeightFile
+from podserve.pipeline.split import MappedWeights, read_config, weight_file_specs, weight_files
 from podserve.runtime.architectures import find_architecture
 from podserve.storage.repository import ModelRepository
 from podserve.tensor_parallel.manifest import RankPlan, Read, TensorParallel, TensorSlice
@@ -64,15 +63,7 @@ def split_tensor_parallel(root: Path, name: str, version: str | None, k: int) ->
             ranks.append(
                 RankPlan(rank=rank, bytes=sum(s.length for s in slices), tensors=tuple(slices))
             )
-        files = {
-            f: WeightFile(
-                size=mv.listing.files[f].size,
-                sha256=mv.listing.files[f].sha256,
-                header_length=h.data_start,
-                header_blake3=blake3.blake3(mapped.views[f][: h.data_start]).hexdigest(),
-            )
-            for f, h in mapped.headers.items()
-        }
+        files = weight_file_specs(mv, mapped)
     return TensorParallel(
         model=mv.name,
         version=mv.version,
