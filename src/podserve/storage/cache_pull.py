@@ -13,9 +13,9 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from podserve.errors import ConfigurationError, IntegrityError, PermanentTransferError
+from podserve.errors import ConfigurationError
 from podserve.storage.cache import BlobKey, Materialised, NodeCache
-from podserve.storage.download import FileJob, Journal, Reporter, download, fingerprint, plan
+from podserve.storage.download import FileJob, Reporter, download_resumable, fingerprint
 from podserve.storage.sources.base import Source
 
 
@@ -90,33 +90,12 @@ async def _download(
     ]  # fmt: skip
     fp = fingerprint(source.describe(), *(f"{j.name}={j.expected}" for j in jobs), part_size,
                      source.ranged)  # fmt: skip
-    total = sum(j.size for j in jobs)
-    for attempt in (1, 2):
-        journal = Journal(incoming, fp)
-        try:
-            kept = plan(jobs, part_size, source.ranged, journal)
-            free = shutil.disk_usage(incoming).free
-            if total - kept > free:
-                raise PermanentTransferError(
-                    f"not enough space on {incoming}: {(total - kept) / 1e9:.2f} GB needed, "
-                    f"{free / 1e9:.2f} GB free"
-                )
-            if kept:
-                rep.message(f"resuming: {kept / 1e6:.1f} MB already downloaded")
-            rep.start(total, kept)
-            try:
-                await download(source, jobs, journal, concurrency=concurrency, reporter=rep)
-            except IntegrityError:
-                if attempt == 2 or not any(j.resumed for j in jobs):
-                    raise
-                rep.message("checksum mismatch on resumed data; downloading it again")
-                continue
-        finally:
-            journal.close()
-        for key, job in zip(order, jobs, strict=True):
-            await asyncio.to_thread(cache.adopt, job.path, key)
-        _clear(incoming)
-        return
+    await download_resumable(
+        source, jobs, incoming, fp, part_size=part_size, concurrency=concurrency, reporter=rep
+    )
+    for key, job in zip(order, jobs, strict=True):
+        await asyncio.to_thread(cache.adopt, job.path, key)
+    _clear(incoming)
 
 
 def _clear(directory: Path) -> None:

@@ -177,6 +177,45 @@ async def download(
             os.close(fd)
 
 
+async def download_resumable(
+    source: Source,
+    jobs: list[FileJob],
+    directory: Path,
+    fp: str,
+    *,
+    part_size: int,
+    concurrency: int,
+    reporter: Reporter,
+) -> int:
+    """Download ``jobs`` into ``directory``, resuming from its journal; the bytes kept.
+
+    A resumed file may have been torn by a crash: when its digest fails, every file is fetched
+    once more in full. The journal is closed whatever happens.
+    """
+    from podserve.storage.durable import check_space
+
+    total = sum(j.size for j in jobs)
+    for attempt in (1, 2):
+        journal = Journal(directory, fp)
+        try:
+            kept = plan(jobs, part_size, source.ranged, journal)
+            check_space(directory, total - kept)
+            if kept:
+                reporter.message(f"resuming: {kept / 1e6:.1f} MB already downloaded")
+            reporter.start(total, kept)
+            try:
+                await download(source, jobs, journal, concurrency=concurrency, reporter=reporter)
+            except IntegrityError:
+                if attempt == 2 or not any(j.resumed for j in jobs):
+                    raise
+                reporter.message("checksum mismatch on resumed data; downloading it again")
+                continue
+            return kept
+        finally:
+            journal.close()
+    raise AssertionError("unreachable")
+
+
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error to report: an integrity or permanent error beats the cancellations it caused."""
     flat: list[BaseException] = []

@@ -39,14 +39,12 @@ from podserve.storage.cache_pull import fill_from_cache
 from podserve.storage.download import (
     JOURNAL,
     FileJob,
-    Journal,
     Reporter,
-    download,
+    download_resumable,
     fingerprint,
-    plan,
     retrying,
 )
-from podserve.storage.durable import check_space, fsync_dir, fsync_tree
+from podserve.storage.durable import fsync_dir, fsync_tree
 from podserve.storage.integrity import (
     SUMS_NAME,
     check_listing,
@@ -332,28 +330,12 @@ async def _run(
     small: list[tuple[str, bytes]],
 ) -> tuple[int, int]:
     total = sum(j.size for j in jobs)
-    for attempt in (1, 2):
-        journal = Journal(tmp, fp)
-        try:
-            kept = plan(jobs, part_size, source.ranged, journal)
-            check_space(tmp, total - kept)
-            if kept:
-                rep.message(f"resuming: {kept / 1e6:.1f} MB already downloaded")
-            rep.start(total, kept)
-            try:
-                await download(source, jobs, journal, concurrency=concurrency, reporter=rep)
-            except IntegrityError:
-                # A resumed file may have been torn by a crash: fetch it once more, fully.
-                if attempt == 2 or not any(j.resumed for j in jobs):
-                    raise
-                rep.message("checksum mismatch on resumed data; downloading it again")
-                continue
-            if data is not None:
-                await asyncio.to_thread(_finish_data, data, small)
-            return total - kept, total
-        finally:
-            journal.close()
-    raise AssertionError("unreachable")
+    kept = await download_resumable(
+        source, jobs, tmp, fp, part_size=part_size, concurrency=concurrency, reporter=rep
+    )
+    if data is not None:
+        await asyncio.to_thread(_finish_data, data, small)
+    return total - kept, total
 
 
 # The volume itself failed: full, over quota, read-only or an I/O error.
