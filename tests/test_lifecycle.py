@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -146,3 +147,30 @@ async def test_shutdown_fits_grace_plus_drain_timeout_plus_margin(staged_repo: P
     with pytest.raises(ModelNotReadyError):
         await queued
     assert SLOW_SECONDS < STOP_MARGIN_SECONDS  # else the test would measure the model
+
+
+def test_serve_shortens_the_interpreter_lock_switch_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The inference thread must not idle 5 ms (Python's default) waiting for the event loop
+    to let go of the lock: ``run_server`` applies ``gil_switch_interval_us`` first."""
+    import sys
+
+    import uvloop
+
+    from podserve.lifecycle import run_server
+
+    seen: list[float] = []
+
+    def fake_run(coro: Any) -> int:
+        coro.close()
+        seen.append(sys.getswitchinterval())
+        return 0
+
+    before = sys.getswitchinterval()
+    monkeypatch.setattr(uvloop, "run", fake_run)
+    try:
+        assert run_server(Settings(gil_switch_interval_us=250)) == 0
+    finally:
+        sys.setswitchinterval(before)
+    assert seen == [pytest.approx(0.00025)]

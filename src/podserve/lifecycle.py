@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from typing import Any, Protocol
 
 from podserve.dataplane import DataPlane, ModelFactory
@@ -154,6 +155,9 @@ class Server:
 
 def run_server(settings: Settings, *, factory: ModelFactory | None = None) -> int:
     """Blocking entry point used by ``podserve serve``: uvloop when available."""
+    # The event loop encodes answers while an inference thread waits for the lock to start
+    # (or hand back) a batch: Python's 5 ms default idles the model that long (issue 20).
+    sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency via uvicorn[standard]

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         description="Run a model's batches on the event loop, without the hand-off to its "
         "inference thread, while they measure under this many microseconds; 0 = always hand off.",
     )
+    gil_switch_interval_us: float = Field(
+        500.0,
+        gt=0,
+        description="How long a Python thread may hold the interpreter lock while another waits "
+        "(Python's own default is 5000). Shorter lets an inference thread start or finish a "
+        "batch while the event loop encodes answers, instead of idling the model.",
+    )
 
     # --- many models per pod -------------------------------------------------------------
     model_memory_bytes: int | None = Field(

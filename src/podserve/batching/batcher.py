@@ -1,13 +1,10 @@
 """Dynamic batching: one batcher per model, shared by every surface.
 
 Requests wait in a priority queue; one collector task forms a batch from compatible requests
-(same shapes beyond the batch axis) up to the batch cap and hands it to the model's single
-inference thread. While one batch computes, the next one is being collected, so the model
-never idles when there is work. The event loop never blocks on the model.
-
-How long a free model waits for its batch to fill is the policy's choice (``adaptive``: only
-when waiting pays; ``fixed_delay``: up to ``max_queue_delay``, as Triton does), see
-:mod:`podserve.batching.policy`. Several instances run batches side by side.
+(same shapes beyond the batch axis) up to the batch cap and hands it to an inference thread;
+the next batch is collected meanwhile and starts before the last one's answers are encoded.
+How long a free model waits for its batch to fill, and how many rows it takes, is the policy's
+choice (:mod:`podserve.batching.policy`). Several instances run batches side by side.
 
 Back-pressure: past ``max_queue_size`` waiting requests, ``submit`` raises
 :class:`OverloadedError` at once instead of letting the queue grow. A request whose client
@@ -30,7 +27,7 @@ import numpy as np
 
 from podserve import metrics
 from podserve.batching.inline import InlineGate
-from podserve.batching.policy import Arrivals, BatchCurve, Policy, fill_wait
+from podserve.batching.policy import Arrivals, BatchCurve, Policy, efficient_rows, fill_wait
 from podserve.batching.shapes import batch_key, check_rows, concat, rows_like_first, split
 from podserve.batching.stats import BatcherStats
 from podserve.errors import (
@@ -90,6 +87,7 @@ class Batcher:
         self.policy: Policy = policy
         self.curve = BatchCurve(curve)  # seconds per batch size: warm-up, then every batch
         self._arrivals = Arrivals(max_queue_delay_s)
+        self._efficient, self._cap_checked = self.batch_cap, -1
         # Cheap models run on the event loop (measured; see batching/inline.py).
         self._inline = InlineGate(inline_below_s if len(self._instances) == 1 else 0.0)
         self.stats = BatcherStats()
@@ -194,10 +192,7 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if not self._free:
-                # The model is busy: the next batch grows until the model frees up. The batch
-                # that just finished wakes this loop before it delivers its results, so the
-                # model gets its next batch before the previous answers are encoded.
+            if not self._free:  # busy: the next batch grows until the model frees up
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -228,6 +223,7 @@ class Batcher:
                     break
         batch: list[_Item] = []
         rows = 0
+        cap = self._take_cap()
         skipped: list[_Item] = []
         now = time.monotonic()
         while self._heap:
@@ -245,16 +241,14 @@ class Batcher:
                 )
                 self.stats.fail += 1
                 continue
-            if batch and (
-                item.key != batch[0].key or rows + item.rows > self.batch_cap or not self.batched
-            ):
+            if batch and (item.key != batch[0].key or rows + item.rows > cap or not self.batched):
                 skipped.append(item)
-                if not self.batched or rows >= self.batch_cap:
+                if not self.batched or rows >= cap:
                     break
                 continue
             batch.append(item)
             rows += item.rows
-            if rows >= self.batch_cap:
+            if rows >= cap:
                 break
         for item in skipped:
             heapq.heappush(self._heap, item)
@@ -263,11 +257,20 @@ class Batcher:
         return batch
 
     def _target(self) -> int:
-        rows = self._queued_rows
+        rows, cap = self._queued_rows, self._take_cap()
         for p in self.preferred:
-            if rows <= p <= self.batch_cap:
+            if rows <= p <= cap:
                 return p
-        return self.batch_cap
+        return cap
+
+    def _take_cap(self) -> int:
+        """The most rows a batch takes: the cap, or (adaptive) the curve's efficient size."""
+        if self.policy != "adaptive" or not self.batched:
+            return self.batch_cap
+        if self.stats.execution_count >= self._cap_checked + 16 or self._cap_checked < 0:
+            self._cap_checked = self.stats.execution_count  # the curve moves slowly
+            self._efficient = efficient_rows(self.curve, self.batch_cap)
+        return min(self._efficient, self.batch_cap)
 
     # --- execution ------------------------------------------------------------------------
 
@@ -287,10 +290,10 @@ class Batcher:
                 outputs = await loop.run_in_executor(
                     self._executor, self._timed_run, slot, inputs, rows
                 )
-                if not retrying and 2 * self._queued_rows >= self.batch_cap:
-                    # Half a batch or more is waiting: start it before encoding these answers.
-                    # With less, let the loop first take in the requests still arriving (a
-                    # busy loop lags behind), as the queue delay would.
+                # Requests wait: start them before encoding these answers (fixed delay: from
+                # half a batch, else the loop first takes in requests still arriving).
+                waiting, half = self._queued_rows, 2 * self._queued_rows >= self.batch_cap
+                if not retrying and waiting and (self.policy == "adaptive" or half):
                     handed = True
                     await self._hand_over(slot)
             parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
@@ -377,19 +380,12 @@ class Batcher:
         return outputs
 
     def _record(self, batch: list[_Item], rows: int, start: float, compute: float) -> None:
-        s = self.stats
-        s.success += len(batch)
-        s.inference_count += rows
-        s.execution_count += 1
-        s.compute_ns += int(compute * 1e9)
-        s.batch_sizes[rows] = s.batch_sizes.get(rows, 0) + 1
+        waits = [start - item.enqueued for item in batch]
+        self.stats.add(rows, compute, waits)
         self._compute_hist.observe(compute)
         self._batch_hist.observe(rows)
-        queue_hist = self._queue_hist
-        for item in batch:
-            waited = start - item.enqueued
-            s.queue_ns += int(waited * 1e9)
-            queue_hist.observe(waited)
+        for waited in waits:
+            self._queue_hist.observe(waited)
 
     def lower_cap(self, cap: int) -> None:
         """Used by the memory budget and the OOM split: never form batches above ``cap``."""
