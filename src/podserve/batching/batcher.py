@@ -292,8 +292,8 @@ class Batcher:
                 )
                 # Requests wait: start them before encoding these answers (fixed delay: from
                 # half a batch, else the loop first takes in requests still arriving).
-                waiting, half = self._queued_rows, 2 * self._queued_rows >= self.batch_cap
-                if not retrying and waiting and (self.policy == "adaptive" or half):
+                waiting, most = self._queued_rows, 2 * self._queued_rows >= self.batch_cap
+                if not retrying and waiting and (self.policy == "adaptive" or most):
                     handed = True
                     await self._hand_over(slot)
             parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
