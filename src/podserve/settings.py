@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="Host memory budget for resident models (measured bytes of every loaded "
-        "model, pinned ones included); on-demand models are evicted least-recently-used to stay "
+        "model, pinned ones included); on-demand models are evicted (PODSERVE_EVICTION) to stay "
         "under it. Unset (and no fraction) = no budget: nothing is evicted.",
     )
     model_memory_fraction: float | None = Field(
@@ -140,6 +140,13 @@ class Settings(BaseSettings):
         description="The budget as a share of the container's memory limit (cgroup v2 "
         "memory.max or v1 memory.limit_in_bytes); PODSERVE_MODEL_MEMORY_BYTES wins when both "
         "are set.",
+    )
+    eviction: Literal["gdsf", "lru"] = Field(
+        "gdsf",
+        description="Which on-demand model makes room first under the budget: gdsf "
+        "(GreedyDual-Size-Frequency: lowest requests-since-load per MiB first, aged by a clock; "
+        "keeps many small hot models rather than one large lukewarm one, fewest loads) or lru "
+        "(least recently used). Models with requests in flight go last either way.",
     )
     on_demand_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -228,3 +228,55 @@ def test_on_demand_setting_and_budget_from_cgroup(tmp_path: Path) -> None:
     assert model_budget(Settings(model_memory_bytes=7, model_memory_fraction=0.5), (v2,)) == 7
     assert model_budget(Settings(), (v2,)) is None
     assert Settings(on_demand_models="a, b").on_demand_models == ["a", "b"]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("eviction", "sequence", "evicted"),
+    [
+        ("lru", ["sz_s1", "sz_big", "sz_s2"], "sz_s1"),  # the least recently used
+        ("gdsf", ["sz_s1", "sz_big", "sz_s2"], "sz_big"),  # 1 request per 8 MiB goes first
+        ("lru", ["sz_big"] * 5 + ["sz_s1", "sz_s2"], "sz_big"),
+        ("gdsf", ["sz_big"] * 5 + ["sz_s1", "sz_s2"], "sz_s1"),  # 5 per 8 MiB > 1 per 2 MiB
+    ],
+)
+def test_eviction_policy_picks_the_victim(
+    tmp_path: Path, eviction: str, sequence: list[str], evicted: str
+) -> None:
+    for name, mib in (("sz_s1", 2), ("sz_s2", 2), ("sz_big", 8)):
+        stage_ballast(tmp_path, name, mib * MIB)
+
+    async def run() -> None:
+        dp = await _plane(tmp_path, 11 * MIB, eviction=eviction)  # the big one + one small one
+        for name in sequence:
+            await _infer(dp, name)
+            assert dp.residency.resident_bytes() <= 11 * MIB
+        states = {n: dp.models[n].state for n in ("sz_s1", "sz_s2", "sz_big")}
+        assert [n for n, s in states.items() if s == "unloaded"] == [evicted], states
+        index = {e["name"]: e for e in dp.repository_index()}
+        assert index["sz_s2"]["hits"] == 1
+        assert ("eviction_priority" in index["sz_s2"]) is (eviction == "gdsf")
+        await dp.stop()
+
+    asyncio.run(run())
+
+
+def test_repository_load_of_an_on_demand_model_makes_room(tmp_path: Path) -> None:
+    for name in ("api_a", "api_b", "api_c"):
+        stage_ballast(tmp_path, name, 8 * MIB)
+    stage_ballast(tmp_path, "api_huge", 20 * MIB)
+
+    async def run() -> None:
+        dp = await _plane(tmp_path, 19 * MIB)  # two of the three
+        await _infer(dp, "api_a")
+        await _infer(dp, "api_b")
+        before = sum(_evictions(n) for n in ("api_a", "api_b"))
+        served = await dp.api_load("api_c")  # as POST .../api_c/load does
+        assert served.ready
+        assert dp.residency.resident_bytes() <= 19 * MIB
+        assert sum(_evictions(n) for n in ("api_a", "api_b")) == before + 1
+        assert dp.residency.on_demand("api_c")  # still evictable after an API load
+        with pytest.raises(ModelMemoryError, match=r"budget of 19\.0 MiB"):
+            await dp.api_load("api_huge")
+        await dp.stop()
+
+    asyncio.run(run())

@@ -183,3 +183,27 @@ def test_too_large_for_the_budget(server: Server) -> None:
     assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     assert "61.0 MiB" in str(info.value)
     assert requests.get(f"{server.base}/v2/health/ready", timeout=5).status_code == 200
+
+
+def test_repository_load_makes_room_like_a_request(server: Server) -> None:
+    http_url, grpc_url = f"127.0.0.1:{server.http_port}", f"127.0.0.1:{server.grpc_port}"
+    for i in (0, 1):
+        _http_infer(http_url, f"m{i}")
+    evictions = sum(server.metric("podserve_model_evictions_total", f"m{i}") for i in range(4))
+    http = httpclient.InferenceServerClient(http_url)
+    http.load_model("m2")  # POST /v2/repository/models/m2/load
+    http.close()
+    grpc = grpcclient.InferenceServerClient(grpc_url)
+    grpc.load_model("m3")  # RepositoryModelLoad
+    index = server.index()
+    assert index["m2"]["state"] == "READY" or index["m3"]["state"] == "READY"
+    assert index["m3"]["state"] == "READY"
+    resident = [n for n, e in index.items() if e.get("state") == "READY"]
+    assert sum(int(index[n]["bytes"]) for n in resident) <= BUDGET  # type: ignore[call-overload]
+    after = sum(server.metric("podserve_model_evictions_total", f"m{i}") for i in range(4))
+    assert after >= evictions + 2
+    with pytest.raises(InferenceServerException) as info:
+        grpc.load_model("giant")
+    assert "budget of 60.0 MiB" in str(info.value)
+    grpc.close()
+    assert requests.get(f"{server.base}/v2/health/ready", timeout=5).status_code == 200

@@ -163,6 +163,14 @@ class DataPlane:
             self._set_server_state("ready")
         return served
 
+    async def api_load(self, name: str, version: str | None = None) -> ServedModel:
+        """The repository API's load: an on-demand model makes room under the budget first,
+        as its first request would (503 when it cannot fit); any other model as :meth:`load`."""
+        if name in self.models and self.residency.on_demand(name):
+            await self.residency.ensure(name)
+            return self.models[name]
+        return await self.load(name, version)
+
     async def unload(self, name: str) -> None:
         """Stop admitting requests for the model, finish those accepted, then unload it."""
         served = self._get(name)

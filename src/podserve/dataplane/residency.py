@@ -1,4 +1,4 @@
-"""Many models per pod: on-demand models, resident by measured bytes, evicted LRU.
+"""Many models per pod: on-demand models, resident by measured bytes, evicted by GDSF or LRU.
 
 A model is *pinned* (loaded at start, never evicted, gates readiness) or *on-demand*
 (``PODSERVE_ON_DEMAND_MODELS`` or ``residency: on-demand`` in its manifest): listed in the
@@ -7,9 +7,11 @@ index as ``unloaded`` and loaded by its first request. Concurrent first requests
 timeout) and the load carries on for the next request if it gives up.
 
 With a budget (``PODSERVE_MODEL_MEMORY_BYTES``, or ``PODSERVE_MODEL_MEMORY_FRACTION`` of the
-cgroup memory limit) a load first makes room: it evicts on-demand models, least recently used
-first, preferring those with nothing in flight. An evicted model stops admitting (state
-``evicting``), answers what it accepted, then is unloaded as the repository API's unload does.
+cgroup memory limit) a load first makes room: it evicts on-demand models in the order of
+``PODSERVE_EVICTION`` (:mod:`~podserve.dataplane.eviction`: GreedyDual-Size-Frequency by
+default, or least recently used), those with nothing in flight first. An evicted model stops
+admitting (state ``evicting``), answers what it accepted, then is unloaded as the repository
+API's unload does; the repository API's load of an on-demand model makes room the same way.
 A model that cannot fit, even with every on-demand model evicted, gets 503
 (:class:`~podserve.errors.ModelMemoryError`) naming the budget and its size.
 
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from podserve import metrics
+from podserve.dataplane.eviction import Eviction
 from podserve.errors import (
     ConfigurationError,
     ModelMemoryError,
@@ -131,6 +134,9 @@ class Resident:
     bytes: int = 0  # measured at the last load
     rss_delta: int = 0  # the process's resident set growth across that load
     last_used: float = 0.0
+    hits: int = 0  # requests since its last load (GDSF's frequency)
+    clock_at: float = 0.0  # the GDSF clock at its last request or load
+    load_seconds: float = 0.0  # its last load's wall time (GDSF's cost, when chosen)
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # not being evicted
@@ -146,7 +152,7 @@ class Resident:
 
 
 class Residency:
-    """On-demand loads, the budget and LRU eviction of one data plane.
+    """On-demand loads, the budget and eviction of one data plane.
 
     ``max_models`` switches to count-based LRU (at most that many on-demand models resident,
     whatever their bytes): the policy model multiplexing elsewhere uses, kept for
@@ -158,6 +164,7 @@ class Residency:
         self.settings = settings
         self.budget = model_budget(settings)
         self.max_models = max_models
+        self.eviction = Eviction(settings.eviction)
         self.entries: dict[str, Resident] = {}
         self._room = asyncio.Lock()  # one on-demand load makes room at a time
         self._measure = asyncio.Lock()  # loads measured one at a time under a budget
@@ -187,12 +194,17 @@ class Residency:
         entry = self.entries.get(name)
         if entry is None:
             return {}
-        return {
+        info: dict[str, object] = {
             "residency": "pinned" if entry.pinned else "on-demand",
             "bytes": entry.size if self._resident(name) else 0,
             "measured_bytes": entry.bytes,
             "rss_delta_bytes": entry.rss_delta,
         }
+        if not entry.pinned:
+            info["hits"] = entry.hits
+            if self.eviction.policy == "gdsf" and self._resident(name):
+                info["eviction_priority"] = round(self.eviction.priority(entry), 6)
+        return info
 
     async def run_load(
         self, name: str, load: Callable[[], tuple[ModelVersion, Model]]
@@ -201,9 +213,10 @@ class Residency:
         entry = self.register(name, pinned=True)  # loaded through the API: pinned
         lock = self._measure if self.budget is not None else contextlib.nullcontext()
         async with lock:
-            before = rss_bytes()
+            before, started = rss_bytes(), time.monotonic()
             mv, model = await asyncio.to_thread(load)
             grown = rss_bytes() - before
+        entry.load_seconds = time.monotonic() - started
         entry.bytes = measured_size(model, grown)
         entry.rss_delta = grown
         model.report.details["resident_bytes"] = entry.bytes
@@ -219,6 +232,7 @@ class Residency:
         if entry is None or entry.pinned:
             return None
         entry.last_used = time.monotonic()
+        self.eviction.touch(entry)
         if served.state in SERVING and entry.settled.is_set():
             metrics.RESIDENCY_HITS.labels(model=entry.name).inc()
             return self._count(entry)
@@ -248,6 +262,16 @@ class Residency:
         finally:
             wait = time.monotonic() - started
             metrics.COLD_LOAD_WAIT.labels(model=entry.name).observe(wait)
+
+    async def ensure(self, name: str) -> None:
+        """Load an on-demand model as its first request would (the repository API's load):
+        room is made under the budget first, and a load already running is shared."""
+        entry = self.entries[name]
+        entry.last_used = time.monotonic()
+        self.eviction.touch(entry)  # counts as one request: not the very next victim
+        if entry.load is None or entry.load.done():
+            entry.load = asyncio.ensure_future(self._load(entry))
+        await asyncio.shield(entry.load)
 
     def _count(self, entry: Resident) -> Resident:
         entry.inflight += 1
@@ -280,6 +304,7 @@ class Residency:
             except PodserveError:
                 await self._evict(entry)
                 raise
+            self.eviction.loaded(entry)
 
     def _check_fits(self, entry: Resident, size: int) -> None:
         if self.budget is None or self.max_models is not None:
@@ -306,17 +331,22 @@ class Residency:
                     f"model '{entry.name}' needs {_mib(size)}: the model memory budget of "
                     f"{_mib(self.budget or 0)} is held by pinned or loading models"
                 )
+            # Before it goes: requests arriving while it goes count towards its next load.
+            self.eviction.evicted(victim)
             await self._evict(victim)
 
     def _victim(self, exclude: str) -> Resident | None:
-        """The least recently used on-demand model, idle ones before busy ones."""
+        """The first on-demand model in the eviction order, idle ones before busy ones."""
         candidates = [
             e
             for n, e in self.entries.items()
             if not e.pinned and n != exclude and e.settled.is_set() and self._resident(n)
         ]
-        candidates.sort(key=lambda e: (e.inflight > 0, e.last_used))
-        return candidates[0] if candidates else None
+        if self.max_models is not None:  # count-based LRU, the benchmark's baseline
+            candidates.sort(key=lambda e: (e.inflight > 0, e.last_used))
+            return candidates[0] if candidates else None
+        ordered = self.eviction.order(candidates)
+        return ordered[0] if ordered else None
 
     async def _evict(self, entry: Resident) -> None:
         """Stop admitting, answer what was accepted, unload (frees it, as unload does)."""

@@ -122,6 +122,19 @@ async def test_consumes_only_while_ready_and_stops_when_draining(
     assert late not in client._answered
 
 
+async def test_an_on_demand_model_is_loaded_by_a_queued_request(
+    start_worker: StartWorker, client: QueueClient
+) -> None:
+    dataplane, worker = await start_worker(on_demand_models=[MODEL], model_memory_bytes=2**26)
+    assert dataplane.models[MODEL].state == "unloaded"
+    await wait_for(lambda: worker.consuming, 5)  # on-demand models do not gate readiness
+    loads = metrics.sample("podserve_model_loads_total", {"model": MODEL}) or 0.0
+    check_reply(3, await client.infer(MODEL, request(3), timeout_s=30))
+    assert dataplane.models[MODEL].state == "ready"
+    check_reply(4, await client.infer(MODEL, request(4), timeout_s=30))  # a hit
+    assert metrics.sample("podserve_model_loads_total", {"model": MODEL}) == loads + 1
+
+
 def _connection_pids(name: str) -> list[str]:
     """Broker-side ids of the connections with this client-provided name.
 

@@ -156,7 +156,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if name not in self.dataplane.models and name not in self.dataplane.repository.models():
             raise ModelNotFoundError(f"no model '{name}' in the repository")
         current = self.dataplane.models.get(name)
-        served = await self.dataplane.load(name, current.version if current else None)
+        served = await self.dataplane.api_load(name, current.version if current else None)
         if not served.ready:
             raise ModelDirectoryError(f"model '{name}' failed to load: {served.reason}")
         return pb.RepositoryModelLoadResponse()

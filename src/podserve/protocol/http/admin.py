@@ -44,7 +44,7 @@ async def load_unload(dp: DataPlane, endpoint: str, model: str) -> tuple[int, by
     served = dp.models.get(model)
     if served is None or not served.ready:
         await asyncio.to_thread(dp.repository.resolve, model)  # 404 before any state change
-        served = await dp.load(model)
+        served = await dp.api_load(model)
         if not served.ready:
             raise ModelNotReadyError(f"model '{model}' failed to load: {served.reason}")
     return 200, orjson.dumps({"name": model, "state": "READY"}), _JSON
