@@ -52,6 +52,9 @@ RUN --mount=type=bind,from=wheels,target=/run/wheels \
 # why). The venv gets no pip of its own (the base image's pip, by full path, installs into it).
 # The runtime stage copies only the venv, so the removed bytes are in no layer of the image.
 FROM ${PYTHON_IMAGE} AS venv
+# binutils only strips in this stage and never reaches the image; Debian's stable release
+# moves its version with point releases, so a pin would break the build, not protect it.
+# hadolint ignore=DL3008
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/*
