@@ -5,8 +5,9 @@
 
 Each run is the whole check that `make image-test` runs (tests/image/image_check.py: build,
 static checks, run as deploy/base runs it, kube play with podman), timed from outside. A cold
-run first removes the image and the engine's build cache for it (docker: `builder prune`;
-podman: its untagged intermediate images), never the base image. Then it records the size of
+run first removes the image and the engine's build cache (docker: `builder prune`; podman:
+every untagged image, which is where it keeps cached steps), never a tagged image such as the
+base: on an engine that other builds share, their cache goes too. Then it records the size of
 the base image, of the venv and of the 30 largest entries of the image's site-packages. Pass
 the build flags as for `make image-test` (IMAGE_BUILD_FLAGS, CONTAINER_ENGINE, BASE_IMAGE in
 the environment). Run it under the machine-wide benchmark lock: a cold build is sensitive to
