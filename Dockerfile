@@ -45,6 +45,21 @@ RUN --mount=type=bind,from=wheels,target=/run/wheels \
       --only-binary=:all: -r /run/lock/build.txt \
  && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /dist .
 
+# --- venv: where the locks are installed and trimmed (binutils stays here) ------------------
+# Each target's lock is installed into /opt/podserve in a stage of its own, then trimmed:
+# torch's C++ tests, test programs, headers and protoc, onnxruntime's offline tools, static
+# libraries and the symbol tables of shared libraries go (scripts/trim-venv.sh says what and
+# why). The venv gets no pip of its own (the base image's pip, by full path, installs into it).
+# The runtime stage copies only the venv, so the removed bytes are in no layer of the image.
+FROM ${PYTHON_IMAGE} AS venv
+# binutils only strips in this stage and never reaches the image; Debian's stable release
+# moves its version with point releases, so a pin would break the build, not protect it.
+# hadolint ignore=DL3008
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/*
+COPY scripts/trim-venv.sh /usr/local/bin/trim-venv
+
 # --- runtime: what serving needs and nothing else --------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 # A fixed numeric uid so that Kubernetes' runAsNonRoot can check it without /etc/passwd.
@@ -63,15 +78,11 @@ WORKDIR /tmp
 EXPOSE 8080 8081
 # No HEALTHCHECK on purpose: Kubernetes' startup/readiness/liveness probes own health.
 
-FROM runtime AS cuda
-ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    PODSERVE_DEVICE=auto
+# The lock's install, trimmed (scripts/trim-venv.sh); the cuda target copies the result. Its
+# shared libraries keep their symbols: stripping CUDA builds is not tested here.
+FROM venv AS cuda-venv
 # PyPI's torch is the CUDA build: the cuda lock names no other index.
 ARG TORCH_INDEX=
-# The lock first (its layer is reused until the lock changes), then podserve's own wheel. The
-# venv gets no pip of its own (the base image's pip, by full path, installs into it); torch's C++ tests and
-# headers (for compiling extensions, which serving never does) are left out.
 COPY requirements/cuda.txt /opt/podserve/requirements.txt
 RUN --mount=type=bind,from=wheels,target=/run/wheels \
     --mount=type=secret,id=pip.conf \
@@ -83,21 +94,23 @@ RUN --mount=type=bind,from=wheels,target=/run/wheels \
  && /usr/local/bin/python3 -m venv --without-pip /opt/podserve \
  && /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install "$@" \
       --require-hashes --only-binary=:all: -r /opt/podserve/requirements.txt \
- && rm -rf /opt/podserve/lib/python3*/site-packages/torch/test \
-      /opt/podserve/lib/python3*/site-packages/torch/include
+ && trim-venv --keep-symbols /opt/podserve
+
+FROM runtime AS cuda
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    PODSERVE_DEVICE=auto
+COPY --from=cuda-venv /opt/podserve/ /opt/podserve/
 COPY --from=wheel /dist/ /opt/podserve/dist/
 RUN /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install --no-cache-dir --no-deps \
       /opt/podserve/dist/podserve-*.whl
 USER 10001:10001
 ENTRYPOINT ["podserve", "serve"]
 
-FROM runtime AS full
-ENV PODSERVE_DEVICE=cpu
+# The lock's install, trimmed (scripts/trim-venv.sh); the full target copies the result.
+FROM venv AS full-venv
 # PyPI has no CPU build of torch; the lock pins its hash, wherever it is fetched from.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# The lock first (its layer is reused until the lock changes), then podserve's own wheel. The
-# venv gets no pip of its own (the base image's pip, by full path, installs into it); torch's C++ tests and
-# headers (for compiling extensions, which serving never does) are left out.
 COPY requirements/full.txt /opt/podserve/requirements.txt
 RUN --mount=type=bind,from=wheels,target=/run/wheels \
     --mount=type=secret,id=pip.conf \
@@ -109,21 +122,21 @@ RUN --mount=type=bind,from=wheels,target=/run/wheels \
  && /usr/local/bin/python3 -m venv --without-pip /opt/podserve \
  && /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install "$@" \
       --require-hashes --only-binary=:all: -r /opt/podserve/requirements.txt \
- && rm -rf /opt/podserve/lib/python3*/site-packages/torch/test \
-      /opt/podserve/lib/python3*/site-packages/torch/include
+ && trim-venv /opt/podserve
+
+FROM runtime AS full
+ENV PODSERVE_DEVICE=cpu
+COPY --from=full-venv /opt/podserve/ /opt/podserve/
 COPY --from=wheel /dist/ /opt/podserve/dist/
 RUN /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install --no-cache-dir --no-deps \
       /opt/podserve/dist/podserve-*.whl
 USER 10001:10001
 ENTRYPOINT ["podserve", "serve"]
 
-# Last stage = default target: the lean CPU image (no transformers; see docs/deploy.md).
-FROM runtime AS cpu
-ENV PODSERVE_DEVICE=cpu
+# The lock's install, trimmed (scripts/trim-venv.sh); the cpu target copies the result.
+FROM venv AS cpu-venv
+# PyPI has no CPU build of torch; the lock pins its hash, wherever it is fetched from.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# The lock first (its layer is reused until the lock changes), then podserve's own wheel. The
-# venv gets no pip of its own (the base image's pip, by full path, installs into it); torch's C++ tests and
-# headers (for compiling extensions, which serving never does) are left out.
 COPY requirements/cpu.txt /opt/podserve/requirements.txt
 RUN --mount=type=bind,from=wheels,target=/run/wheels \
     --mount=type=secret,id=pip.conf \
@@ -135,8 +148,12 @@ RUN --mount=type=bind,from=wheels,target=/run/wheels \
  && /usr/local/bin/python3 -m venv --without-pip /opt/podserve \
  && /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install "$@" \
       --require-hashes --only-binary=:all: -r /opt/podserve/requirements.txt \
- && rm -rf /opt/podserve/lib/python3*/site-packages/torch/test \
-      /opt/podserve/lib/python3*/site-packages/torch/include
+ && trim-venv /opt/podserve
+
+# Last stage = default target: the lean CPU image (no transformers; see docs/deploy.md).
+FROM runtime AS cpu
+ENV PODSERVE_DEVICE=cpu
+COPY --from=cpu-venv /opt/podserve/ /opt/podserve/
 COPY --from=wheel /dist/ /opt/podserve/dist/
 RUN /usr/local/bin/python3 -m pip --python /opt/podserve/bin/python install --no-cache-dir --no-deps \
       /opt/podserve/dist/podserve-*.whl

@@ -130,6 +130,7 @@ def test_no_weights_are_copied_in(text: str) -> None:
                     "src/",
                     "deploy/base/",
                     "deploy/components/",
+                    "scripts/trim-venv.sh",
                 }, (name, rest)
 
 
