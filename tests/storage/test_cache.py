@@ -281,6 +281,7 @@ def test_cli_input_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     dest = str(tmp_path / "models" / "m" / "1")
     for args, expected in [
         ((str(src), dest, "--cache-max-size", "10G"), "--cache-max-size needs --cache"),
+        ((str(src), dest, "--rehash"), "--rehash needs --cache"),
         ((str(src), dest, "--cache", str(tmp_path / "c"), "--cache-max-size", "lots"),
          "cache size 'lots'"),
         ((str(tmp_path / "x.tar.gz"), dest, "--cache", str(tmp_path / "c")), "not an archive"),

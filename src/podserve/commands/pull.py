@@ -58,6 +58,12 @@ def register(sub: Subparsers) -> None:
         help="evict blobs no version on the node uses, oldest first, to keep DIR under SIZE "
         "(e.g. 200G); blobs in use are never evicted",
     )
+    p.add_argument(
+        "--rehash",
+        action="store_true",
+        help="with --cache: hash every cached file again instead of trusting the ones "
+        "unchanged since the cache verified them (the server verifies them at load anyway)",
+    )
     add_source_flags(p)
     p.set_defaults(handler=_pull)
 
@@ -75,13 +81,15 @@ def _pull(args: argparse.Namespace) -> int:
     args.part_size_mb = args.part_size_mb or settings.pull_part_size_mb
     limits = ArchiveLimits(settings.archive_max_bytes, settings.archive_max_members)
     cache = None
-    if args.cache_max_size and not args.cache:
-        raise ConfigurationError("--cache-max-size needs --cache DIR")
+    for flag, given in (("--cache-max-size", args.cache_max_size), ("--rehash", args.rehash)):
+        if given and not args.cache:
+            raise ConfigurationError(f"{flag} needs --cache DIR")
     if args.cache:
         from podserve.storage.cache import NodeCache, parse_size
 
         limit = parse_size(args.cache_max_size) if args.cache_max_size else None
-        cache = NodeCache(args.cache, limit)
+        # A server that checks sizes only does not verify what the cache trusts: hash it here.
+        cache = NodeCache(args.cache, limit, rehash=args.rehash or settings.verify == "size")
     reporter = make_reporter(args.progress, "pull")
     try:
         result = pull(

@@ -6,6 +6,7 @@ into ``ROOT/NAME/VERSION``::
 
     DIR/blobs/blake3/ab/ab12…   a file's bytes (mode 0444), named by its BLAKE3 digest
     DIR/blobs/sha256/…          files whose manifest records no BLAKE3 (SHA256SUMS only)
+    DIR/stamps/blake3/ab/ab12…  the blob's stat when the cache last hashed it (cache_stamp)
     DIR/versions/<key>          one line per materialised version: its path (for verify)
     DIR/.incoming/              downloads in progress (journal: a killed pull resumes)
     DIR/.lock                   flock: one pull at a time fills, links or evicts
@@ -15,10 +16,15 @@ that changes one shard downloads one shard, and replicas on the node that map th
 version map the same inodes: the page cache holds their weights once.
 
 A hard link *is* the blob: writing to a materialised file would change the blob and every
-other version linking it. Blobs and materialised files are therefore read-only (0444), a
-cache hit is hashed again before it is linked (a damaged blob is removed and fetched again,
-never linked), and ``podserve verify --cache DIR`` hashes every blob and every recorded
-version. When ``ROOT`` is on another filesystem than ``DIR``, files are reflinked where the
+other version linking it. Blobs and materialised files are therefore read-only (0444). A
+cache hit whose stat no longer matches its verification stamp (any write changes the inode's
+change time) is hashed again before it is linked, and a damaged blob is removed and fetched
+again, never linked; one that still matches is linked without reading it: the server
+verifies every byte it loads (:mod:`podserve.storage.cache_stamp` says why that keeps the
+guarantee). ``rehash=True`` (``pull --rehash``) hashes every hit, and ``podserve verify
+--cache DIR`` hashes every blob and every recorded version.
+
+When ``ROOT`` is on another filesystem than ``DIR``, files are reflinked where the
 filesystem can (btrfs, XFS) and copied otherwise; a copy shares neither disk nor memory.
 
 Eviction: a blob is in use while any version links it (``st_nlink > 1``); blobs no version
@@ -40,6 +46,7 @@ from pathlib import Path
 from typing import Literal
 
 from podserve.errors import ConfigurationError, RepositoryError
+from podserve.storage.cache_stamp import Stamp, drop_stamp, read_stamp, same_state, write_stamp
 from podserve.storage.integrity import Algorithm, hash_file
 
 READ_ONLY = 0o444
@@ -81,13 +88,17 @@ class NodeCache:
         cache.evict()
     """
 
-    def __init__(self, directory: Path | str, max_bytes: int | None = None) -> None:
+    def __init__(
+        self, directory: Path | str, max_bytes: int | None = None, *, rehash: bool = False
+    ) -> None:
         self.directory = Path(directory)
         if max_bytes is not None and max_bytes < 0:
             raise ConfigurationError("the cache size cap must be positive")
         self.max_bytes = max_bytes
+        self.rehash = rehash  # hash every hit, whatever its stamp says
+        self.hashed: list[BlobKey] = []  # what this object read to hash, in order
         try:
-            for sub in ("blobs", "versions", ".incoming"):
+            for sub in ("blobs", "stamps", "versions", ".incoming"):
                 (self.directory / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RepositoryError(f"cannot use cache {self.directory}: {exc.strerror}") from None
@@ -98,6 +109,9 @@ class NodeCache:
 
     def blob_path(self, key: BlobKey) -> Path:
         return self.directory / "blobs" / key.algorithm / key.digest[:2] / key.digest
+
+    def stamp_path(self, key: BlobKey) -> Path:
+        return self.directory / "stamps" / key.algorithm / key.digest[:2] / key.digest
 
     def acquire(self) -> int:
         """Take the cache's exclusive lock (blocking); ``release`` or process death frees it."""
@@ -134,17 +148,42 @@ class NodeCache:
     # --- blobs --------------------------------------------------------------------------
 
     def check(self, key: BlobKey, size: int) -> bool | None:
-        """True: the blob is here and hashes to its name. None: absent. A damaged blob
-        (wrong size or digest) is removed and False returned: the caller fetches it again."""
+        """True: the blob is here and unchanged since it was verified (its stamp matches),
+        or hashes to its name now. None: absent. A damaged blob (wrong size or digest) is
+        removed and False returned: the caller fetches it again."""
         path = self.blob_path(key)
         try:
             st = path.stat()
         except FileNotFoundError:
             return None
-        if st.st_size == size and hash_blob(path, key.algorithm) == key.digest:
+        if st.st_size == size and (
+            self.vouches(key, st) or self.hash_and_stamp(key, path, st) == key.digest
+        ):
             return True
         path.unlink(missing_ok=True)  # other versions linking it keep the damaged inode
+        drop_stamp(self.stamp_path(key))
         return False
+
+    def vouches(self, key: BlobKey, st: os.stat_result) -> bool:
+        """Whether ``st`` (of the blob, or of a file linking it) is the stamped, unchanged
+        inode: what the cache hashed is what is there (unless ``rehash``)."""
+        if self.rehash:
+            return False
+        stamp = read_stamp(self.stamp_path(key))
+        return stamp is not None and stamp.matches(str(key), st)
+
+    def hash_and_stamp(self, key: BlobKey, path: Path, before: os.stat_result) -> str:
+        """The digest of ``path`` (the blob, or a file that may link it; ``before``: its stat
+        before). Matching: stamp the blob if ``path`` is its inode and nothing changed since."""
+        self.hashed.append(key)
+        actual = hash_blob(path, key.algorithm)
+        if actual != key.digest:
+            return actual
+        with contextlib.suppress(FileNotFoundError):
+            after, blob = path.stat(), self.blob_path(key).stat()
+            if same_state(before, after) and same_state(after, blob):
+                write_stamp(self.stamp_path(key), Stamp.of(str(key), after))
+        return actual
 
     def adopt(self, path: Path, key: BlobKey) -> Path:
         """Move a downloaded, verified file into the store (read-only, fsynced)."""
@@ -158,14 +197,30 @@ class NodeCache:
             os.close(fd)
         os.replace(path, target)
         _fsync_dir(target.parent)
+        # The download verified these bytes while they streamed in (download.py).
+        write_stamp(self.stamp_path(key), Stamp.of(str(key), target.stat()))
         return target
 
     def materialise(self, key: BlobKey, target: Path) -> Materialised:
         """Put the blob at ``target``: a hard link, else a reflink, else a copy (read-only)."""
         blob = self.blob_path(key)
+        stamp = read_stamp(self.stamp_path(key))
+        stamped = stamp is not None and stamp.matches(str(key), blob.stat())
         target.parent.mkdir(parents=True, exist_ok=True)
         target.unlink(missing_ok=True)
         os.utime(blob)  # least-recently-used order for eviction
+        try:
+            how = self._put(blob, target)
+        finally:
+            # The link and the utime changed the blob's ctime: renew a stamp that held just
+            # before them; a blob changed since it was checked loses its stamp.
+            if stamped:
+                write_stamp(self.stamp_path(key), Stamp.of(str(key), blob.stat()))
+            else:
+                drop_stamp(self.stamp_path(key))
+        return how
+
+    def _put(self, blob: Path, target: Path) -> Materialised:
         try:
             os.link(blob, target)
             return "link"
@@ -216,6 +271,7 @@ class NodeCache:
             with contextlib.suppress(FileNotFoundError):
                 if blob.path.stat().st_nlink == 1:
                     blob.path.unlink()
+                    drop_stamp(self.stamp_path(blob.key))
                     used -= blob.size
                     removed.append(blob)
         return removed
@@ -240,10 +296,18 @@ class NodeCache:
         return out
 
     def verify_blobs(self) -> list[str]:
-        """Hash every blob; returns the names of damaged ones (left in place for inspection)."""
-        return [
-            str(b.key) for b in self.blobs() if hash_blob(b.path, b.key.algorithm) != b.key.digest
-        ]
+        """Hash every blob and renew the stamps of good ones; returns the names of damaged
+        ones (left in place for inspection, unstamped: the next pull hashes and replaces them)."""
+        damaged: list[str] = []
+        for b in self.blobs():
+            try:
+                before = b.path.stat()
+            except FileNotFoundError:
+                continue
+            if self.hash_and_stamp(b.key, b.path, before) != b.key.digest:
+                drop_stamp(self.stamp_path(b.key))
+                damaged.append(str(b.key))
+        return damaged
 
 
 def hash_blob(path: Path, algorithm: Algorithm) -> str:

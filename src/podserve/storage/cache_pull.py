@@ -2,9 +2,13 @@
 
 Called by :func:`podserve.storage.pull.pull_async` (``--cache DIR``) with the jobs it planned
 from the source's manifest. Under the cache's lock: every blob the version needs is checked
-(present and hashing to its name: a hit; damaged: removed), the missing ones are downloaded
-into the cache's incoming directory with the same parallel, verified, resumable machinery as
-a plain pull, moved into the store, and each file of the version is materialised from its blob.
+(present and unchanged since the cache verified it, or hashing to its name now: a hit;
+damaged: removed), the missing ones are downloaded into the cache's incoming directory with
+the same parallel, verified, resumable machinery as a plain pull, moved into the store, and
+each file of the version is materialised from its blob.
+
+:func:`check_present` is the same check for a version already materialised: its files that
+are still the stamped, unchanged blob inodes are not read again; the rest are hashed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from pathlib import Path
 from podserve.errors import ConfigurationError
 from podserve.storage.cache import BlobKey, Materialised, NodeCache
 from podserve.storage.download import FileJob, Reporter, download_resumable, fingerprint
+from podserve.storage.integrity import check_digest, expected_digest
+from podserve.storage.manifest import Manifest
+from podserve.storage.repository import ModelRepository, ModelVersion
+from podserve.storage.signature import Signer
 from podserve.storage.sources.base import Source
 
 
@@ -39,6 +47,7 @@ async def fill_from_cache(
     try:
         missing: dict[BlobKey, FileJob] = {}
         hits = 0
+        hashed_before = len(cache.hashed)
         for job in jobs:
             key = keys[job.name]
             if key in missing:
@@ -53,8 +62,10 @@ async def fill_from_cache(
         fetched = sum(j.size for j in missing.values())
         if missing:
             await asyncio.to_thread(cache.evict, fetched, set(keys.values()))
+        rehashed = len(cache.hashed) - hashed_before
         rep.message(
-            f"node cache: {hits / 1e6:.1f} MB already on this node, "
+            f"node cache: {hits / 1e6:.1f} MB already on this node ({rehashed} of "
+            f"{len(keys)} files hashed again, the rest unchanged since verified), "
             f"{fetched / 1e6:.1f} MB to download"
         )
         if missing:
@@ -71,6 +82,31 @@ async def fill_from_cache(
         return fetched
     finally:
         cache.release(lock)
+
+
+def check_present(
+    cache: NodeCache, repo: ModelRepository, name: str, version: str, rep: Reporter
+) -> ModelVersion:
+    """Open a present version (signature, manifest, listing) and hash the files the cache
+    cannot vouch for; raises IntegrityError naming the first file that does not match."""
+    mv = repo.open(name, version)
+    cache.rehash |= load_skips_digests(mv.manifest, mv.signer)
+    hashed = 0
+    for rel, entry in sorted(mv.listing.files.items()):
+        algorithm, digest = expected_digest(entry)
+        key, path = BlobKey(algorithm, digest), mv.path / rel
+        before = path.stat()
+        if cache.vouches(key, before):
+            continue
+        check_digest(path, algorithm, digest, cache.hash_and_stamp(key, path, before))
+        hashed += 1
+    rep.message(f"node cache: {hashed} of {len(mv.listing.files)} files hashed again")
+    return mv
+
+
+def load_skips_digests(manifest: Manifest, signer: Signer | None) -> bool:
+    """The server will check sizes only (``verify: size``, unsigned): no stamp is trusted."""
+    return manifest.verify == "size" and signer is None
 
 
 async def _download(

@@ -3,7 +3,8 @@
 The order of operations is the guarantee:
 
 1. a version already at ``<root>/<model>/<version>`` whose checksums match the source's is
-   verified and left alone (a restarted init container is a no-op);
+   verified and left alone (a restarted init container is a no-op; through the node cache,
+   files still the blobs it verified are not hashed again: the server verifies at load);
 2. an exclusive ``flock`` on ``<root>/<model>/.pull-<version>.lock`` makes concurrent pulls
    of the same version queue up; the loser finds the version present and verifies it;
 3. bytes go to ``<root>/<model>/.tmp-<version>/`` (a name readers ignore), are verified while
@@ -35,7 +36,7 @@ from podserve.errors import (
 )
 from podserve.storage.archive import ArchiveLimits, extract_archive
 from podserve.storage.cache import NodeCache
-from podserve.storage.cache_pull import fill_from_cache
+from podserve.storage.cache_pull import check_present, fill_from_cache, load_skips_digests
 from podserve.storage.download import (
     JOURNAL,
     FileJob,
@@ -216,8 +217,11 @@ async def _already_present(
                 f"{dest} already exists with other content than {source.describe()}; "
                 "versions are immutable: publish a new version number or remove this one"
             )
-    mv = await asyncio.to_thread(ModelRepository(root, trust).verify, name, version)
-    if cache is not None:
+    repo = ModelRepository(root, trust)
+    if cache is None:
+        mv = await asyncio.to_thread(repo.verify, name, version)
+    else:  # files still the blobs the cache verified are not read again (cache_stamp)
+        mv = await asyncio.to_thread(check_present, cache, repo, name, version, rep)
         cache.record(dest)
     rep.message(f"{dest} already present and verified; nothing to do")
     return PullResult(dest, mv.listing.total_bytes, 0, time.perf_counter() - started, True)
@@ -272,6 +276,7 @@ async def _pull_files(
     small = [(MANIFEST_NAME, manifest_bytes), (SUMS_NAME, sums_bytes)]
     small += [(SIGNATURE_NAME, signature)] if signature is not None else []
     if cache is not None:
+        cache.rehash |= load_skips_digests(manifest, signer)  # then the pull is the check
         fetched = await fill_from_cache(cache, source, jobs, concurrency, part_size, rep)
         await asyncio.to_thread(_finish_data, data, small, True)
         return fetched, sum(j.size for j in jobs)
