@@ -48,8 +48,8 @@ def reducer(pg: Collectives, rank: int, k: int) -> Callable[[torch.Tensor], torc
     Each rank sends its partial tensor to every other rank, receives theirs, and adds the K of
     them in rank order, so that every rank computes the same sum bit for bit. For the small K
     of tensor parallelism this is one round of messages where gloo's ring all-reduce takes
-    2(K-1) dependent steps: for K = 2 on one core per rank, half the wall time per reduction
-    (benchmarks/tensor_parallel.py; docs/benchmarks.md).
+    2(K-1) dependent steps: for K = 2 with a core per rank on loopback, about half the wall
+    time per reduction of a batch-8 hidden state (measured outside benchmarks/).
     """
     peers = [r for r in range(k) if r != rank]
 
