@@ -8,7 +8,8 @@ separate pods would each have their own CPUs — and measures, through rank 0's 
 * p50 latency of one text (batch 1);
 * throughput at batch 8 (rows/s over ``--repeats`` batches sent one after another);
 * peak RSS (VmHWM) of every process;
-* CPU seconds (user + system, from ``/proc/PID/stat``) each process spent per batch of 8:
+* CPU seconds (user + system, from ``/proc/PID/stat``) each process spent per batch of 8
+  (and this client's own, which shares the two cores with the ranks):
   unlike wall time this hardly depends on what else runs on the machine, so the largest
   rank's CPU time per batch against the single process's says what K cores would give on a
   quiet node (communication waits excluded).
@@ -81,17 +82,21 @@ def measure(port: int, repeats: int, pids: list[int]) -> dict[str, Any]:
         assert status == 200, body
         lat.append(time.perf_counter() - start)
     cpu = [cpu_seconds(p) for p in pids]
+    client = time.process_time()
     start = time.perf_counter()
     for _ in range(repeats):
         status, body = http(port, path, embed_request(batch), 600)
         assert status == 200, body
     seconds = time.perf_counter() - start
+    client = time.process_time() - client
     return {
         "latency_ms_p50_batch1": statistics.median(lat) * 1000,
         "rows_per_s_batch8": repeats * len(batch) / seconds,
         "cpu_s_per_batch8": [
             round((cpu_seconds(p) - c) / repeats, 3) for p, c in zip(pids, cpu, strict=True)
         ],
+        # This script (the HTTP client) runs on the same two cores, unpinned.
+        "client_cpu_s_per_batch8": round(client / repeats, 3),
     }
 
 

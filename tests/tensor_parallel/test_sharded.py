@@ -1,7 +1,8 @@
 """The split forward equals the whole model (podserve.tensor_parallel.sharded).
 
 Two ranks run as two threads of this process, each with its own gloo process group over a
-real TCPStore, so the all-reduces are the real ones; tests/tensor_parallel/test_ranks.py does
+real TCPStore, so the all-reduces (podserve.tensor_parallel.steps.reducer: an exchange of
+the partial sums) are the real ones; tests/tensor_parallel/test_ranks.py does
 the same with two processes.
 """
 
@@ -21,6 +22,7 @@ from podserve.runtime.safetensors_view import load_tensors
 from podserve.storage.repository import ModelRepository
 from podserve.tensor_parallel.sharded import build_sharded, sharded_forward
 from podserve.tensor_parallel.split import split_tensor_parallel
+from podserve.tensor_parallel.steps import reducer
 from podserve.tensor_parallel.weights import read_rank_weights
 
 
@@ -39,13 +41,8 @@ def run_ranks(root: Path, name: str, k: int, batch: dict[str, torch.Tensor]) -> 
             pg = dist.ProcessGroupGloo(dist.PrefixStore("t", own), r, k, timedelta(seconds=30))
             weights = read_rank_weights(version, plan, r, verify=True)
             model = build_sharded(arch, config, weights.tensors, str(version.path))
-
-            def reduce(t: torch.Tensor) -> torch.Tensor:
-                pg.allreduce([t]).wait()
-                return t
-
             with torch.inference_mode():
-                results[r] = sharded_forward(model, reduce, k, **batch)
+                results[r] = sharded_forward(model, reducer(pg, r, k), k, **batch)
         except BaseException as exc:
             results[r] = exc
 
@@ -84,10 +81,13 @@ def tokens(batch: int, seq: int, vocab: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("name", "k", "batch"), [("decoder", 2, 3), ("minilm", 2, 5), ("minilm", 3, 1)]
+    ("name", "k", "batch"),
+    [("decoder", 2, 3), ("minilm", 2, 5), ("minilm", 3, 1), ("minilm", 4, 2)],
 )
 def test_k_ranks_equal_the_whole_model(tp_root: Path, name: str, k: int, batch: int) -> None:
     inputs = tokens(batch, 11, 1000)
     expected = whole(tp_root, name, inputs)
-    for out in run_ranks(tp_root, name, k, inputs):  # every rank ends with the full state
+    outs = run_ranks(tp_root, name, k, inputs)
+    for out in outs:  # every rank ends with the full state, the same to the bit
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        assert torch.equal(out, outs[0])

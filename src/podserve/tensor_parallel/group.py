@@ -114,11 +114,15 @@ class Work(Protocol):
 
 
 class Collectives(Protocol):
-    """The two collectives the steps use (what a gloo or NCCL process group offers)."""
+    """What the steps use of a process group (gloo or NCCL offer them all)."""
 
     def broadcast(self, tensors: list[torch.Tensor]) -> Work: ...
 
     def allreduce(self, tensors: list[torch.Tensor]) -> Work: ...
+
+    def send(self, tensors: list[torch.Tensor], dst: int, tag: int) -> Work: ...
+
+    def recv(self, tensors: list[torch.Tensor], src: int, tag: int) -> Work: ...
 
 
 def form(store: TCPStore, rank: int, k: int, timeout: float) -> Collectives:

@@ -121,7 +121,7 @@ def run_worker(settings: Settings, plan: TensorParallel, rank: int) -> None:
              rank, k, report.bytes_read, report.verified, seconds)  # fmt: skip
     pg = group.form(store, rank, k, s.tp_timeout_seconds)
     try:
-        follow(pg, model, k)
+        follow(pg, model, rank, k)
     finally:
         beats.stop()
     log.info("tensor-parallel rank %d/%d: the leader said stop", rank, k)
