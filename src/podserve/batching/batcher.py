@@ -208,12 +208,14 @@ class Batcher:
         """Pop a batch, waiting for it to fill as the policy says; expired items are dropped."""
         first = self._heap[0]
         first_seen = first.enqueued
+        cap = self._take_cap()
         if self.batched and self.max_queue_delay_s > 0:
-            delay, target = fill_wait(self, self._arrivals, self._queued_rows, self._target())
+            delay, target = fill_wait(self, self._arrivals, self._queued_rows, self._target(cap))
             self._arrivals.dispatched(first_seen, self._queued_rows - first.rows)
             deadline = first_seen + delay
             while (  # rows of other shapes never fill the head's batch
-                rows_like_first(self._heap) < min(target, self._target())
+                delay > 0
+                and rows_like_first(self._heap) < min(target, self._target(cap))
                 and (wait := deadline - time.monotonic()) > 0
             ):
                 self._wakeup.clear()
@@ -223,7 +225,6 @@ class Batcher:
                     break
         batch: list[_Item] = []
         rows = 0
-        cap = self._take_cap()
         skipped: list[_Item] = []
         now = time.monotonic()
         while self._heap:
@@ -256,8 +257,8 @@ class Batcher:
         self._depth.set(len(self._heap))
         return batch
 
-    def _target(self) -> int:
-        rows, cap = self._queued_rows, self._take_cap()
+    def _target(self, cap: int) -> int:
+        rows = self._queued_rows
         for p in self.preferred:
             if rows <= p <= cap:
                 return p
