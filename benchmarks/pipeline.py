@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
+
 from podserve.demo import stage_demo
 from podserve.pipeline.synthetic import stage_synthetic_decoder
 from tests.pipeline.conftest import (

@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
+
 from podserve.pipeline.synthetic import stage_synthetic_decoder
 from tests.pipeline.conftest import embed_request, free_port, http
 from tests.tensor_parallel.test_ranks import make_group
