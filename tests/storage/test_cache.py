@@ -52,6 +52,19 @@ def publish(tmp_path: Path, bucket: str, version: str, files: dict[str, bytes]) 
     return uri
 
 
+def pulled_once(
+    tmp_path: Path, bucket: str, proxy: CountingProxy
+) -> tuple[str, SourceOptions, NodeCache, Path]:
+    """Version 1 published, then pulled once through ``proxy`` into a fresh node cache:
+    (its URI, the source options, the cache, the pulled version directory)."""
+    uri = publish(tmp_path, bucket, "1", shards())
+    options = SourceOptions(endpoint_url=proxy.url)
+    cache = NodeCache(tmp_path / "cache")
+    first = tmp_path / "a" / "m" / "1"
+    pull(uri, first, options=options, cache=cache)
+    return uri, options, cache, first
+
+
 def verified(dest: Path) -> None:
     ModelRepository(dest.parent.parent).verify(dest.parent.name, dest.name)
 
@@ -209,11 +222,7 @@ def test_eviction_removes_least_recently_used_first(tmp_path: Path) -> None:
 def test_corrupted_blob_is_detected_and_fetched_again(
     tmp_path: Path, s3_bucket: str, proxy: CountingProxy
 ) -> None:
-    uri = publish(tmp_path, s3_bucket, "1", shards())
-    options = SourceOptions(endpoint_url=proxy.url)
-    cache = NodeCache(tmp_path / "cache")
-    first = tmp_path / "a" / "m" / "1"
-    pull(uri, first, options=options, cache=cache)
+    uri, options, cache, first = pulled_once(tmp_path, s3_bucket, proxy)
     key = BlobKey("blake3", hash_file(first / "model-3.safetensors", "blake3"))
     blob = cache.blob_path(key)
     blob.chmod(0o644)  # what only root (or a bad disk) can do

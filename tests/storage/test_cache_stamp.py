@@ -24,7 +24,14 @@ from podserve.storage.push import push
 from podserve.storage.repository import ModelRepository
 from podserve.storage.sources.base import SourceOptions
 from podserve.storage.staging import stage_model
-from tests.storage.test_cache import SHARD, SMALL_OVERHEAD, publish, shards, verified
+from tests.storage.test_cache import (
+    SHARD,
+    SMALL_OVERHEAD,
+    publish,
+    pulled_once,
+    shards,
+    verified,
+)
 from tests.storage.transfer_servers import CountingProxy
 
 IDENTITY = {  # a real runtime (tests/models.py) whose load verifies every file first
@@ -87,11 +94,7 @@ def overwrite_in_place(path: Path, offset: int) -> os.stat_result:
 def test_a_blob_unchanged_since_verified_is_not_hashed_again(
     tmp_path: Path, s3_bucket: str, proxy: CountingProxy
 ) -> None:
-    uri = publish(tmp_path, s3_bucket, "1", shards())
-    options = SourceOptions(endpoint_url=proxy.url)
-    cache = NodeCache(tmp_path / "cache")
-    first = tmp_path / "a" / "m" / "1"
-    pull(uri, first, options=options, cache=cache)
+    uri, options, cache, first = pulled_once(tmp_path, s3_bucket, proxy)
     assert cache.hashed == []  # downloads are verified while they stream, then stamped
     keys = keys_of(first)
     for key in keys.values():
@@ -151,11 +154,7 @@ def test_a_blob_overwritten_in_place_is_hashed_and_fetched_again(
     tmp_path: Path, s3_bucket: str, proxy: CountingProxy
 ) -> None:
     """Same inode, same size, modification time put back: the stamp still catches it."""
-    uri = publish(tmp_path, s3_bucket, "1", shards())
-    options = SourceOptions(endpoint_url=proxy.url)
-    cache = NodeCache(tmp_path / "cache")
-    first = tmp_path / "a" / "m" / "1"
-    pull(uri, first, options=options, cache=cache)
+    uri, options, cache, first = pulled_once(tmp_path, s3_bucket, proxy)
     key = keys_of(first)["model-2.safetensors"]
     overwrite_in_place(cache.blob_path(key), SHARD // 3)
 
