@@ -3,6 +3,10 @@
 Requests wait in a priority queue; one collector task forms a batch from compatible requests
 (same shapes beyond the batch axis) up to the batch cap and hands it to an inference thread;
 the next batch is collected meanwhile and starts before the last one's answers are encoded.
+A full batch waiting for a busy single instance is queued in its inference thread, which starts
+it the moment the running batch returns, with no event-loop turn between (at c=32 the loop is
+busy answering, and that turn left MiniLM idle 6% of the time); not while a priority was asked
+for in the last 10 s, since a request of a higher level could then no longer pass it.
 How long a free model waits for its batch to fill, and how many rows it takes, is the policy's
 choice (:mod:`podserve.batching.policy`). Several instances run batches side by side.
 
@@ -14,24 +18,33 @@ timeout expires while queued fails with :class:`DeadlineExceededError` and never
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from podserve import metrics
 from podserve.batching.inline import InlineGate
-from podserve.batching.policy import Arrivals, BatchCurve, Policy, efficient_rows, fill_wait
+from podserve.batching.oom import after_oom
+from podserve.batching.policy import (
+    Arrivals,
+    BatchCurve,
+    Policy,
+    efficient_rows,
+    fill_wait,
+    pipelined_rows,
+)
+from podserve.batching.queue import Item, pop_batch, push_back
 from podserve.batching.shapes import batch_key, check_rows, concat, rows_like_first, split
 from podserve.batching.stats import BatcherStats
 from podserve.errors import (
-    DeadlineExceededError,
     InferenceError,
     InvalidRequestError,
     ModelNotReadyError,
@@ -39,22 +52,12 @@ from podserve.errors import (
     PodserveError,
     ResourceExhaustedError,
 )
-from podserve.runtime.memory import forget
 
 log = logging.getLogger(__name__)
 
-InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-@dataclass(order=True)
-class _Item:
-    sort_key: tuple[int, int]
-    rows: int = field(compare=False)
-    inputs: dict[str, np.ndarray] = field(compare=False)
-    future: asyncio.Future[dict[str, np.ndarray]] = field(compare=False)
-    enqueued: float = field(compare=False)
-    deadline: float | None = field(compare=False)
-    key: tuple[object, ...] = field(compare=False)
+Arrays = dict[str, np.ndarray]
+InferFn = Callable[[Arrays], Arrays]
+PRIORITY_MEMORY_S = 10.0  # batches are queued early only when no priority was asked this long
 
 
 class Batcher:
@@ -91,7 +94,7 @@ class Batcher:
         # Cheap models run on the event loop (measured; see batching/inline.py).
         self._inline = InlineGate(inline_below_s if len(self._instances) == 1 else 0.0)
         self.stats = BatcherStats()
-        self._heap: list[_Item] = []
+        self._heap: list[Item] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(
@@ -99,6 +102,12 @@ class Batcher:
         )
         self._task: asyncio.Task[None] | None = None
         self._inflight = 0
+        self._inflight_rows = 0
+        # Rows in the model or queued at the last batches' starts: a closed-loop client whose
+        # answer is being encoded is in neither, so the recent peak counts it.
+        self._population: collections.deque[int] = collections.deque(maxlen=16)
+        self._behind = False  # a full batch waits in the (single) instance's thread queue
+        self._priority_at = -math.inf  # when a request last asked for a priority level
         self._running: set[asyncio.Task[None]] = set()
         self._queued_rows = 0
         self._idle = asyncio.Event()
@@ -145,7 +154,9 @@ class Batcher:
         now = time.monotonic()
         # Triton: priority 1 is the highest level, 0 means "default" (lowest here).
         level = priority if priority > 0 else 1 << 30
-        item = _Item(
+        if priority > 0:
+            self._priority_at = now
+        item = Item(
             (level, next(self._seq)),
             rows,
             inputs,
@@ -192,19 +203,35 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if not self._free:  # busy: the next batch grows until the model frees up
-                self._wakeup.clear()
+            if not self._free and not self._may_queue_behind():
+                self._wakeup.clear()  # busy: the next batch grows until the model frees up
                 await self._wakeup.wait()
                 continue
+            behind = not self._free
             batch = await self._form_batch()
-            if batch and self._inline.active:  # cheap model: run here, no task, no thread hop
+            if batch and self._inline.active and not behind:  # cheap model: run here, no hop
                 await self._execute(batch, 0)
             elif batch:
-                task = loop.create_task(self._execute(batch, self._free.pop()))
+                self._behind = self._behind or behind
+                slot = 0 if behind else self._free.pop()
+                task = loop.create_task(self._execute(batch, slot, behind=behind))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
 
-    async def _form_batch(self) -> list[_Item]:
+    def _may_queue_behind(self) -> bool:
+        """A busy single instance with a full batch waiting: queue it in the inference thread
+        (see the module). Not while priorities are in use: a later request could not pass."""
+        return (
+            len(self._instances) == 1
+            and time.monotonic() - self._priority_at > PRIORITY_MEMORY_S
+            and self.batch_cap > 1  # batching off: priorities reorder every request
+            and not self._behind
+            and not self._inline.active
+            and bool(self._heap)
+            and rows_like_first(self._heap) >= self._take_cap()
+        )
+
+    async def _form_batch(self) -> list[Item]:
         """Pop a batch, waiting for it to fill as the policy says; expired items are dropped."""
         first = self._heap[0]
         first_seen = first.enqueued
@@ -223,39 +250,11 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), wait)
                 except TimeoutError:
                     break
-        batch: list[_Item] = []
-        rows = 0
-        skipped: list[_Item] = []
-        now = time.monotonic()
-        while self._heap:
-            item = heapq.heappop(self._heap)
-            self._queued_rows -= item.rows
-            if item.future.done():  # client went away
-                continue
-            if item.deadline is not None and now > item.deadline:
-                waited = now - item.enqueued
-                item.future.set_exception(
-                    DeadlineExceededError(
-                        f"request timed out after waiting {waited * 1000:.1f} ms in the queue of "
-                        f"model '{self.name}'; it was not run"
-                    )
-                )
-                self.stats.fail += 1
-                continue
-            if batch and (item.key != batch[0].key or rows + item.rows > cap or not self.batched):
-                skipped.append(item)
-                if not self.batched or rows >= cap:
-                    break
-                continue
-            batch.append(item)
-            rows += item.rows
-            if rows >= cap:
-                break
-        for item in skipped:
-            heapq.heappush(self._heap, item)
-            self._queued_rows += item.rows
+        popped = pop_batch(self._heap, cap, self.batched, self.name)
+        self._queued_rows -= popped.rows_left_queue
+        self.stats.fail += popped.expired
         self._depth.set(len(self._heap))
-        return batch
+        return popped.batch
 
     def _target(self, cap: int) -> int:
         rows = self._queued_rows
@@ -271,41 +270,53 @@ class Batcher:
         if self.stats.execution_count >= self._cap_checked + 16 or self._cap_checked < 0:
             self._cap_checked = self.stats.execution_count  # the curve moves slowly
             self._efficient = efficient_rows(self.curve, self.batch_cap)
-        return min(self._efficient, self.batch_cap)
+        rows = min(self._efficient, self.batch_cap)
+        if len(self._instances) > 1:
+            return rows
+        now = self._queued_rows + self._inflight_rows
+        return pipelined_rows(self.curve, rows, max(now, *self._population, 0))
 
     # --- execution ------------------------------------------------------------------------
 
-    async def _execute(self, batch: list[_Item], slot: int, *, retrying: bool = False) -> None:
+    async def _execute(
+        self, batch: list[Item], slot: int, *, retrying: bool = False, behind: bool = False
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._inflight += len(batch)
+        self._inflight_rows += sum(i.rows for i in batch)
+        self._population.append(self._inflight_rows + self._queued_rows)
         start = time.monotonic()
-        retry: list[list[_Item]] = []
+        retry: list[list[Item]] = []
         handed = False
-        threaded = not self._inline.active  # it may flip while this batch runs
+        threaded = behind or not self._inline.active  # it may flip while this batch runs
         try:
             inputs = concat([i.inputs for i in batch])
             rows = sum(i.rows for i in batch)
+            outputs: dict[str, np.ndarray] | None
             if not threaded:
-                outputs = self._timed_run(slot, inputs, rows)
+                outputs = self._timed_run(slot, inputs, rows, None)
             else:
-                outputs = await loop.run_in_executor(
-                    self._executor, self._timed_run, slot, inputs, rows
-                )
+                try:
+                    expiring = batch if behind else None
+                    outputs = await loop.run_in_executor(
+                        self._executor, self._timed_run, slot, inputs, rows, expiring
+                    )
+                finally:
+                    if self._behind and not retrying:  # the batch queued behind runs now
+                        self._behind, handed = False, True
+                        self._wakeup.set()
                 # Requests wait: start them before encoding these answers (fixed delay: from
                 # half a batch, else the loop first takes in requests still arriving).
                 waiting, most = self._queued_rows, 2 * self._queued_rows >= self.batch_cap
-                if not retrying and waiting and (self.policy == "adaptive" or most):
+                if not (retrying or handed) and waiting and (self.policy == "adaptive" or most):
                     handed = True
                     await self._hand_over(slot)
-            parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
-            compute = time.monotonic() - start
-            self._record(batch, rows, start, compute)
-            for item, part in zip(batch, parts, strict=True):
-                if not item.future.done():
-                    item.future.set_result(part)
-            self._arrivals.answered(batch[0].enqueued, time.monotonic())
+            if outputs is None:  # queued behind, and a deadline passed before it could start
+                self._requeue(batch)
+            else:
+                self._deliver(batch, outputs, rows, start)
         except ResourceExhaustedError as exc:  # out of memory: retried below, outside `except`
-            retry = self._after_oom(batch, exc)
+            retry = after_oom(self, batch, exc)
         except Exception as exc:  # the model raised: every request of the batch fails
             err = (
                 exc
@@ -320,6 +331,7 @@ class Batcher:
                     item.future.set_exception(err)
         finally:
             self._inflight -= len(batch)
+            self._inflight_rows -= sum(i.rows for i in batch)
             if not self._heap and not self._inflight:
                 self._idle.set()
         for half in retry:  # no await since the finally: drain() still sees them in flight
@@ -330,49 +342,35 @@ class Batcher:
             self._free.append(slot)
             self._wakeup.set()
 
+    def _deliver(self, batch: list[Item], outputs: Arrays, rows: int, start: float) -> None:
+        parts = split(outputs, [i.rows for i in batch]) if self.batched else [outputs]
+        self._record(batch, rows, start, time.monotonic() - start)
+        for item, part in zip(batch, parts, strict=True):
+            if not item.future.done():
+                item.future.set_result(part)
+        self._arrivals.answered(batch[0].enqueued, time.monotonic())
+
+    def _requeue(self, batch: list[Item]) -> None:
+        """Back into the queue, in their places: the collector fails the expired ones."""
+        self._queued_rows += push_back(self._heap, batch)
+        self._depth.set(len(self._heap))
+        self._wakeup.set()
+
     async def _hand_over(self, slot: int) -> None:
         """The instance is free: let the collector send it the next batch first."""
         self._free.append(slot)
         self._wakeup.set()
         await asyncio.sleep(0)  # the collector runs (and submits) before results are delivered
 
-    def _after_oom(self, batch: list[_Item], exc: ResourceExhaustedError) -> list[list[_Item]]:
-        """The halves to retry with a lower cap, or [] when a lone request failed (400)."""
-        forget(exc)  # the failed forward's frames hold its tensors; the halves need the memory
-        rows = sum(i.rows for i in batch)
-        if self.batched and rows > 1:
-            self.lower_cap(min(self.batch_cap, rows // 2))
-        if self.batched and len(batch) > 1:
-            metrics.OOM_SPLITS.labels(model=self.name).inc()
-            log.warning(
-                "model %s: batch of %d rows ran out of memory; retrying in halves, "
-                "batch cap now %d",
-                self.name,
-                rows,
-                self.batch_cap,
-            )
-            total, cut = 0, 1
-            while cut < len(batch) - 1 and total + batch[cut - 1].rows < rows / 2:
-                total += batch[cut - 1].rows
-                cut += 1
-            return [batch[:cut], batch[cut:]]
-        err = ResourceExhaustedError(
-            f"model '{self.name}': a request of {rows} row(s) does not fit in device memory "
-            f"even alone (batch cap {self.batch_cap}); send fewer rows per request ({exc})"
-        )
-        self.stats.fail += len(batch)
-        for item in batch:
-            if not item.future.done():
-                item.future.set_exception(err)
-        return []
-
-    def _timed_run(
-        self, slot: int, inputs: dict[str, np.ndarray], rows: int
-    ) -> dict[str, np.ndarray]:
-        """On an inference thread: run the model, timed (inline gate, batch curve), checked."""
+    def _timed_run(self, slot: int, x: Arrays, rows: int, late: list[Item] | None) -> Arrays | None:
+        """On an inference thread: run the model, timed (inline gate, batch curve), checked.
+        A batch that waited in the thread's queue (``late``) is not run, and None is returned,
+        when one of its requests' deadlines passed meanwhile."""
+        if late and any(i.deadline is not None and time.monotonic() > i.deadline for i in late):
+            return None
         t0 = time.perf_counter()
         try:
-            outputs = self._instances[slot](inputs)
+            outputs = self._instances[slot](x)
         finally:
             self._inline.note(time.perf_counter() - t0)
         self.curve.observe(rows, time.perf_counter() - t0)
@@ -380,7 +378,7 @@ class Batcher:
             check_rows(self.name, outputs, rows)
         return outputs
 
-    def _record(self, batch: list[_Item], rows: int, start: float, compute: float) -> None:
+    def _record(self, batch: list[Item], rows: int, start: float, compute: float) -> None:
         waits = [start - item.enqueued for item in batch]
         self.stats.add(rows, compute, waits)
         self._compute_hist.observe(compute)

@@ -148,6 +148,23 @@ def efficient_rows(curve: BatchCurve, cap: int, share: float = 0.97) -> int:
     return min(b for b, t in points.items() if b / t >= share * best)
 
 
+def pipelined_rows(curve: BatchCurve, efficient: int, population: int, share: float = 0.9) -> int:
+    """Rows per batch when ``population`` rows are in the model or queued for it: half of
+    them, rounded up, when that half still reaches ``share`` of the best rows per second on
+    the curve, else ``efficient``. Two halves alternate: one runs while the other's answers
+    are encoded and its clients send again; one full batch would leave the model idle for
+    that turnaround (about 0.4 ms a row for MiniLM's JSON answers here) every time."""
+    half = -(-population // 2)
+    if half >= efficient or half < 2:
+        return efficient
+    points = {b: t for b, t in curve.points().items() if t > 0}
+    t_half = curve.seconds(half)
+    if not points or not t_half:
+        return efficient
+    best = max(b / t for b, t in points.items())
+    return half if half / t_half >= share * best else efficient
+
+
 class _Waiter(Protocol):
     policy: Policy
     curve: BatchCurve
