@@ -197,7 +197,7 @@ def stage_podserve(setup: Setup, threads: int) -> Path:
     """A podserve model root per thread count, written once by ``podserve stage``."""
     root = setup.scratch / "podserve" / f"root-t{threads}"
     stamp = root / ".peers-staged"
-    want = f"{setup.minilm} threads={threads} max_batch={setup.max_batch} x{setup.instances}"
+    want = f"{setup.minilm} threads={threads} max_batch={setup.max_batch} x{setup.instances} warm"
     if stamp.exists() and stamp.read_text() == want:
         return root
     shutil.rmtree(root, ignore_errors=True)
@@ -206,6 +206,11 @@ def stage_podserve(setup: Setup, threads: int) -> Path:
     shutil.copyfile(SERVERS / "podserve_identity.py", src / "model.py")
     stage = [str(setup.podserve), "stage"]
     mb = ["--max-batch-size", str(setup.max_batch)]
+    # MiniLM's token axis is variable: the warm-up (and the batch curve the adaptive policy
+    # learns from it) runs on the benchmark's own request, not on one token.
+    body = json.loads((setup.scratch / "bodies" / "minilm.json").read_text())
+    base = root.parent / f"minilm-t{threads}.yaml"
+    base.write_text(json.dumps({"warmup": {t["name"]: t["data"] for t in body["inputs"]}}))
     subprocess.run(
         [
             *stage,
@@ -234,6 +239,8 @@ def stage_podserve(setup: Setup, threads: int) -> Path:
             *stage,
             str(setup.minilm),
             str(root / "minilm" / "1"),
+            "--manifest",
+            str(base),
             "--runtime",
             "onnx",
             *mb,

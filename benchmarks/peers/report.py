@@ -110,6 +110,12 @@ def render(result: dict, peers: list[str]) -> str:
             f"- ceiling, {n} intra-op thread(s): {c['rows_per_s']:,.0f} rows/s at batch "
             f"{c['batch']}, the better of two measurements{both}"
         )
+        if "json_rows_per_s" in c:
+            lines.append(
+                f"- the same with each row's JSON answer encoded by orjson in a second thread of "
+                f"that process: {c['json_rows_per_s']:,.0f} rows/s (what answering in JSON "
+                "costs before any HTTP)"
+            )
     lines += ["", *checks(result)]
     return "\n".join(lines)
 
@@ -152,6 +158,9 @@ def checks(result: dict) -> list[str]:
             v = ps["rps"] / ceil["rows_per_s"]
             where = f"MiniLM {threads} thread(s), batching on, c=32"
             out.append(f"- {where}: podserve/ceiling {v:.2f} {_need(v, 0.95)}")
+            if ceil.get("json_rows_per_s"):
+                j = ps["rps"] / ceil["json_rows_per_s"]
+                out.append(f"- {where}: podserve/(ceiling with JSON answers) {j:.2f}")
     for model, threads in (("identity", 0), ("minilm", 1), ("minilm", 2)):
         on, off = (get(model, threads, b, 1, "podserve") for b in ("on", "off"))
         if on and off:
