@@ -32,7 +32,9 @@ depend on timing when requests go one at a time, so the replay drives podserve's
 :class:`~podserve.dataplane.eviction.Eviction` order (``replay``; it reproduces the timed
 run's load counts, ``replay.matches_run``) and prices each request from the run: a miss costs
 the model's median cold-request latency over every run above (``load_ms``), a hit the median
-hit latency (``hit_ms``). Per seed: each policy's loads and p99, count-based at that seed's
+hit latency (``hit_ms``), and again from the whole measured distributions (``p99_spread_ms``:
+the misses of a model take its load-time quantiles, so loading a slow model more often reaches
+its slow loads). Per seed: each policy's loads and p99, count-based at that seed's
 matched K, and two bounds that hold for ANY policy under the budget, even one that knows the
 future: the p99 floor (``p99_floor``: an exact search over which of the slowest-to-load models
 are resident shows how few of their requests can miss; p99 cannot fall below the load time of
