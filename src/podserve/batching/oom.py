@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from podserve import metrics
+from podserve.batching.queue import Item
+from podserve.batching.stats import BatcherStats
 from podserve.errors import ResourceExhaustedError
 from podserve.runtime.memory import forget
-
-if TYPE_CHECKING:
-    from podserve.batching.batcher import Batcher
-    from podserve.batching.queue import Item
 
 log = logging.getLogger("podserve.batching.batcher")
 
 
-def after_oom(batcher: Batcher, batch: list[Item], exc: ResourceExhaustedError) -> list[list[Item]]:
+class _Owner(Protocol):
+    name: str
+    batched: bool
+    batch_cap: int
+    stats: BatcherStats
+
+    def lower_cap(self, cap: int) -> None: ...
+
+
+def after_oom(batcher: _Owner, batch: list[Item], exc: ResourceExhaustedError) -> list[list[Item]]:
     """The halves to retry with a lower cap, or [] when a lone request failed (400)."""
     forget(exc)  # the failed forward's frames hold its tensors; the halves need the memory
     rows = sum(i.rows for i in batch)
