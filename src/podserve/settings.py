@@ -196,6 +196,14 @@ class Settings(BaseSettings):
     pull_part_size_mb: int = Field(
         32, ge=1, description="`podserve pull`: byte-range part size in MiB."
     )
+    pull_policy: Literal["always", "if-not-present"] = Field(
+        "always",
+        description="`podserve pull`: `always` compares a version already on the volume with "
+        "the source's SHA256SUMS (one request; notices a `push --force`); `if-not-present` "
+        "keeps it without asking the source when the node can vouch for it (a version "
+        "republished at its URI is then not noticed: use it when versions are never "
+        "republished).",
+    )
     s3_credentials_dir: Path | None = Field(
         None,
         description="`pull`/`push`: a directory holding AWS_ACCESS_KEY_ID and "

@@ -270,6 +270,10 @@ def test_node_cache_pulls_once_per_node_and_serves_read_only(
         "path": policy.NODE_CACHE_PATH + "/models",
         "type": "Directory",
     }
+    # A present version is still compared with the bucket unless the operator opts out.
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert env["PODSERVE_PULL_POLICY"] == "always"
+    assert Settings(pull_policy=env["PODSERVE_PULL_POLICY"]).pull_policy == "always"
     daemon = one(objects, "DaemonSet", "podserve-node-cache")["spec"]["template"]["spec"]
     assert [c["name"] for c in daemon["initContainers"]] == ["prepare", "prepull"]
     prepull = daemon["initContainers"][1]

@@ -301,6 +301,23 @@ def test_cli_input_errors_are_one_line_exit_2(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_present_version_replaced_at_its_uri_is_refused_not_kept(
+    tmp_path: Path, s3_bucket: str, proxy: CountingProxy
+) -> None:
+    """``push --force`` can replace what a version's URI holds, so a present, stamped version
+    is still compared with the source's SHA256SUMS (one small request): the node keeps its
+    copy, and the pull fails instead of starting a pod on bytes the URI no longer names."""
+    uri, options, cache, first = pulled_once(tmp_path, s3_bucket, proxy)
+    replacement = make_model(tmp_path / "staged-again" / "m" / "1", shards(changed=2))
+    push(replacement, uri, force=True)
+    proxy.reset()
+    with pytest.raises(IntegrityError, match="already exists with other content"):
+        pull(uri, first, options=options, cache=cache)
+    assert 0 < proxy.bytes_down < SMALL_OVERHEAD  # asked, and downloaded no weights
+    verified(first)
+    assert (first / "model-2.safetensors").read_bytes() == shards()["model-2.safetensors"]
+
+
 def test_parse_size() -> None:
     assert parse_size("50G") == 50 * 10**9
     assert parse_size("512M") == 512 * 10**6

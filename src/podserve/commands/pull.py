@@ -64,6 +64,17 @@ def register(sub: Subparsers) -> None:
         help="with --cache: hash every cached file again instead of trusting the ones "
         "unchanged since the cache verified them (the server verifies them at load anyway)",
     )
+    p.add_argument(
+        "--policy",
+        choices=("always", "if-not-present"),
+        help="a version already at the destination: 'always' (default) compares its checksums "
+        "with SOURCE's (one request: notices a version republished with push --force); "
+        "'if-not-present' keeps it without asking SOURCE when the node vouches for it "
+        "(with --cache: every file still the blob the cache verified; else every file "
+        "hashed): a republished version is then not noticed, as with a mutable image tag and "
+        "imagePullPolicy IfNotPresent. Use it only when versions are never republished "
+        "(PODSERVE_PULL_POLICY)",
+    )
     add_source_flags(p)
     p.set_defaults(handler=_pull)
 
@@ -103,11 +114,13 @@ def _pull(args: argparse.Namespace) -> int:
             archive_limits=limits,
             trust=TrustPolicy.from_settings(settings),  # the keys serve trusts, checked first
             cache=cache,
+            policy=args.policy or settings.pull_policy,
         )
     finally:
         reporter.finish()
     if result.already_present:
-        print(f"{result.path}: already present and verified")
+        unasked = "" if result.asked_source else " (policy if-not-present: source not asked)"
+        print(f"{result.path}: already present and verified{unasked}")
     else:
         rate = result.fetched_bytes / 1e6 / max(result.seconds, 1e-9)
         print(

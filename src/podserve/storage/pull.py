@@ -4,7 +4,8 @@ The order of operations is the guarantee:
 
 1. a version already at ``<root>/<model>/<version>`` whose checksums match the source's is
    verified and left alone (a restarted init container is a no-op; through the node cache,
-   files still the blobs it verified are not hashed again: the server verifies at load);
+   files still the blobs it verified are not hashed again: the server verifies at load;
+   policy ``if-not-present`` skips the source's checksums: :mod:`.pull_policy`);
 2. an exclusive ``flock`` on ``<root>/<model>/.pull-<version>.lock`` makes concurrent pulls
    of the same version queue up; the loser finds the version present and verifies it;
 3. bytes go to ``<root>/<model>/.tmp-<version>/`` (a name readers ignore), are verified while
@@ -55,6 +56,7 @@ from podserve.storage.integrity import (
 )
 from podserve.storage.manifest import MANIFEST_NAME, parse_manifest
 from podserve.storage.names import check_model_name, check_version
+from podserve.storage.pull_policy import PullPolicy, check_policy, present_on_node
 from podserve.storage.pull_signature import check_remote_signature, download_digest, signature_bytes
 from podserve.storage.repository import ModelRepository, open_version, refuse_link
 from podserve.storage.signature import SIGNATURE_NAME, TrustPolicy, check_file_set
@@ -71,6 +73,7 @@ class PullResult:
     fetched_bytes: int  # 0 when already present; less than total when resumed
     seconds: float
     already_present: bool
+    asked_source: bool = True  # False: present, and kept by the pull policy if-not-present
 
 
 class _Quiet:
@@ -99,11 +102,13 @@ def pull(
     archive_limits: ArchiveLimits | None = None,
     trust: TrustPolicy | None = None,
     cache: NodeCache | None = None,
+    policy: PullPolicy = "always",
 ) -> PullResult:
     """Pull ``uri`` into ``dest`` (``ROOT/NAME/VERSION``); ``trust``: signatures checked first.
 
     With ``cache``, files come from (and go to) the node cache and are hard-linked into
-    ``dest`` (:mod:`podserve.storage.cache`).
+    ``dest`` (:mod:`podserve.storage.cache`). ``policy``: whether a version already at
+    ``dest`` is checked against the source (:mod:`podserve.storage.pull_policy`).
     """
     return asyncio.run(
         pull_async(
@@ -117,6 +122,7 @@ def pull(
             archive_limits=archive_limits,
             trust=trust,
             cache=cache,
+            policy=policy,
         )
     )
 
@@ -133,6 +139,7 @@ async def pull_async(
     archive_limits: ArchiveLimits | None = None,
     trust: TrustPolicy | None = None,
     cache: NodeCache | None = None,
+    policy: PullPolicy = "always",
 ) -> PullResult:
     root, name, version = split_destination(dest)
     dest = root / name / version
@@ -141,6 +148,12 @@ async def pull_async(
     refuse_link(dest, "version directory")
     rep: Reporter = reporter or _Quiet()
     started = time.perf_counter()
+    if check_policy(policy) == "if-not-present":  # before open_source: no backend imported
+        repo = ModelRepository(root, trust)
+        mv = await asyncio.to_thread(present_on_node, uri, root, name, version, repo, cache, rep)
+        if mv is not None:
+            took = time.perf_counter() - started
+            return PullResult(dest, mv.listing.total_bytes, 0, took, True, asked_source=False)
     source = open_source(uri, options)
     try:
         if cache is not None and source.is_archive():
