@@ -54,6 +54,8 @@ def _one_line_error(proc: subprocess.CompletedProcess[str], fragment: str) -> No
         (["stage", "{tmp}", "{tmp}/m/1", "--input", "x:FP32:four"], {}, "must be integers"),
         (["verify", "{tmp}", "m/1"], {}, "write NAME or NAME:VERSION"),
         (["pull", "s3://b/m/1", "{tmp}/m/1", "--concurrency", "0"], {}, "must be at least 1"),
+        # pull's flag is --policy: the message names only the variable, no flag pull lacks
+        (["pull", "s3://b/m/1", "{tmp}/m/1"], {"PODSERVE_PULL_POLICY": "x"}, "for PODSERVE_PULL_"),
         (["plan", "--trace", "nosuch"], {}, "bursty, spiky-day, step"),
         (["serve", "--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     ],

@@ -48,21 +48,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # pydantic's ValidationError: a flag or PODSERVE_* value
         if type(exc).__name__ != "ValidationError":
             raise
-        print(f"podserve {args.command}: error: {_setting_error(exc)}", file=sys.stderr)
+        print(f"podserve {args.command}: error: {_setting_error(exc, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
 
 
-def _setting_error(exc: ValueError) -> str:
-    """The first invalid setting of a pydantic ValidationError, named as flag and variable."""
+def _setting_error(exc: ValueError, args: argparse.Namespace) -> str:
+    """The first invalid setting of a pydantic ValidationError, named as its variable and, when
+    this command has a flag of the same name, as that flag."""
     errors = exc.errors()  # type: ignore[attr-defined]
     first = errors[0]
     field = str(first["loc"][0]) if first.get("loc") else "?"
-    flag = "--" + field.replace("_", "-")
+    flag = "--" + field.replace("_", "-") + " / " if hasattr(args, field) else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return (
-        f"invalid value {first.get('input')!r} for {flag} / PODSERVE_{field.upper()}: "
+        f"invalid value {first.get('input')!r} for {flag}PODSERVE_{field.upper()}: "
         f"{first['msg']}{more}"
     )
 
