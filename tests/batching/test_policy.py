@@ -63,7 +63,7 @@ def test_waiting_pays_only_for_a_large_per_batch_cost() -> None:
 
 
 def test_the_efficient_batch_is_the_fewest_rows_near_the_best_rate() -> None:
-    # rows/s: 100, 167, 200, 198, 200, 178: 4 rows already give the best rate within 3%
+    # rows/s: 100, 167, 200, 198, 200, 178: 4 rows already give the best rate within 1%
     curve = BatchCurve({1: 0.010, 2: 0.012, 4: 0.020, 8: 0.0405, 16: 0.080, 32: 0.180})
     assert efficient_rows(curve, 32) == 4
     assert efficient_rows(curve, 2) == 2  # a lowered cap still bounds it

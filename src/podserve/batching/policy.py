@@ -31,9 +31,11 @@ to override):
     and its requests never wait.
 
     A free model takes at most :func:`efficient_rows` of the queue: the smallest batch within
-    3% of the best rows per second on the curve. Under a full queue the rest runs next, while
-    the first batch's answers are encoded and its clients send again, so the model stays busy
-    at its best rate (int8 MiniLM on two threads: 16 rows beat 32).
+    1% of the best rows per second on the curve (warm-up timings on a shared VM vary by more
+    than the 3% this was first: MiniLM flipped between 8 and 16 from one start to the next).
+    Under a full queue from a closed loop of clients it takes :func:`pipelined_rows`: half
+    of the rows in flight when half keeps 90% of the best rate, so one half runs while the
+    other's answers are encoded and its clients send again.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def adaptive_wait(
     return max_delay_s, queued + k
 
 
-def efficient_rows(curve: BatchCurve, cap: int, share: float = 0.97) -> int:
+def efficient_rows(curve: BatchCurve, cap: int, share: float = 0.99) -> int:
     """The fewest rows per batch that reach ``share`` of the best measured rows per second,
     at most ``cap``: rows past it add latency but almost no throughput, and wait for the next
     batch, which starts the moment this one ends. ``cap`` until the curve reaches ``cap``."""
@@ -205,14 +207,14 @@ def measure_curve(
     budget_s: float = 1.0,
 ) -> dict[int, float]:
     """Time batches of 1, 2, 4, ... ``max_rows`` rows built from the one-row ``one`` (best of
-    two runs each), stopping once ``budget_s`` is spent; sizes not reached are extrapolated."""
+    three runs each), stopping once ``budget_s`` is spent; sizes not reached are extrapolated."""
     curve: dict[int, float] = {}
     spent = 0.0
     rows = 1
     while rows <= max_rows and spent < budget_s:
         inputs = {name: np.repeat(arr[:1], rows, axis=0) for name, arr in one.items()}
         best = math.inf
-        for _ in range(2):
+        for _ in range(3):
             t0 = time.perf_counter()
             infer(inputs)
             took = time.perf_counter() - t0
