@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -328,9 +329,11 @@ def measure_signed(root: Path, model: str, cold: bool, repeat: int) -> dict[str,
                 child = run_child("load", flag, str(root), model, verify, strategy)
                 runs[f"{verify}/{strategy}"].append(child)
     loads = {k: min(v, key=lambda r: r["load_seconds"]) for k, v in runs.items()}
-    # Each repeat's signed load over its own unsigned neighbour, and the median of those
-    # ratios: a cold 2 GB read on a VM varies by a third from one run to the next, and the
-    # best of N picks whichever side drew the one lucky read; the paired median does not.
+    # Each repeat's signed load over its own unsigned neighbour, and the geometric mean of
+    # those ratios: a cold 2 GB read on a VM varies by a third from one run to the next (the
+    # best of N picks whichever side drew the one lucky read), and the second load of a pair
+    # is often the faster, so the ratios alternate above and below 1 with the order; over an
+    # even number of repeats the orders balance in the mean of the logs, not in a median.
     paired = {
         s: [
             sig["load_seconds"] / full["load_seconds"]
@@ -346,7 +349,14 @@ def measure_signed(root: Path, model: str, cold: bool, repeat: int) -> dict[str,
         "all_load_seconds": {k: [r["load_seconds"] for r in v] for k, v in runs.items()},
         "open_seconds": {k: min(r["open_seconds"] for r in v) for k, v in runs.items()},
         "paired_ratios": paired,
-        "signed_over_full": {s: statistics.median(v) for s, v in paired.items()},
+        "signed_over_full": {
+            s: math.exp(statistics.fmean(math.log(r) for r in v)) for s, v in paired.items()
+        },
+        "median_over_median": {
+            s: statistics.median(r["load_seconds"] for r in runs[f"signed/{s}"])
+            / statistics.median(r["load_seconds"] for r in runs[f"full/{s}"])
+            for s in ("mmap", "read")
+        },
         "best_over_best": {
             s: loads[f"signed/{s}"]["load_seconds"] / loads[f"full/{s}"]["load_seconds"]
             for s in ("mmap", "read")
@@ -373,7 +383,7 @@ def main_signed(args: argparse.Namespace, caches: list[bool]) -> int:
             f" signed {ld['signed/mmap']['load_seconds']:.3f} s ({ratio['mmap']:.3f}x); "
             f"read {ld['full/read']['load_seconds']:.3f} s, "
             f"signed {ld['signed/read']['load_seconds']:.3f} s ({ratio['read']:.3f}x; "
-            "ratios: median of the paired repeats); "
+            "ratios: geometric mean of the paired repeats); "
             f"open (signature check) mmap {r['open_seconds']['full/mmap'] * 1e3:.1f} ms, "
             f"signed {r['open_seconds']['signed/mmap'] * 1e3:.1f} ms; "
             f"model-signing import {r['signature_import_seconds']:.2f} s"
@@ -430,7 +440,12 @@ def main() -> int:
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/podserve-bench/cold-start"))
     parser.add_argument("--layers", type=int, default=9, help="decoder layers (9 ≈ 2.1 GB)")
     parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--repeat", type=int, default=2, help="runs per cell (best of)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs per cell (best of); --signed-only: alternating pairs, give an even number",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
