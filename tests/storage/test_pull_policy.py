@@ -227,3 +227,18 @@ def test_an_unknown_policy_is_a_usage_error(tmp_path: Path) -> None:
         assert expected in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not Path(dest).exists()
+
+
+def test_the_policy_values_are_the_same_for_the_flag_the_setting_and_the_pull() -> None:
+    """Written out three times so that `--help` and Settings import no storage code."""
+    import argparse
+    from typing import get_args
+
+    from podserve.cli import build_parser
+    from podserve.settings import Settings
+    from podserve.storage.pull_policy import PULL_POLICIES
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flag = next(a for a in commands.choices["pull"]._actions if a.dest == "policy")
+    assert tuple(flag.choices or ()) == PULL_POLICIES
+    assert get_args(Settings.model_fields["pull_policy"].annotation) == PULL_POLICIES

@@ -282,8 +282,9 @@ class Batcher:
         self, batch: list[Item], slot: int, *, retrying: bool = False, behind: bool = False
     ) -> None:
         loop = asyncio.get_running_loop()
+        rows = sum(i.rows for i in batch)
         self._inflight += len(batch)
-        self._inflight_rows += sum(i.rows for i in batch)
+        self._inflight_rows += rows
         self._population.append(self._inflight_rows + self._queued_rows)
         start = time.monotonic()
         retry: list[list[Item]] = []
@@ -291,8 +292,7 @@ class Batcher:
         threaded = behind or not self._inline.active  # it may flip while this batch runs
         try:
             inputs = concat([i.inputs for i in batch])
-            rows = sum(i.rows for i in batch)
-            outputs: dict[str, np.ndarray] | None
+            outputs: Arrays | None
             if not threaded:
                 outputs = self._timed_run(slot, inputs, rows, None)
             else:
@@ -331,7 +331,7 @@ class Batcher:
                     item.future.set_exception(err)
         finally:
             self._inflight -= len(batch)
-            self._inflight_rows -= sum(i.rows for i in batch)
+            self._inflight_rows -= rows
             if not self._heap and not self._inflight:
                 self._idle.set()
         for half in retry:  # no await since the finally: drain() still sees them in flight

@@ -14,7 +14,9 @@ are still the stamped, unchanged blob inodes are not read again; the rest are ha
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from podserve.errors import ConfigurationError
@@ -25,6 +27,8 @@ from podserve.storage.manifest import Manifest
 from podserve.storage.repository import ModelRepository, ModelVersion
 from podserve.storage.signature import Signer
 from podserve.storage.sources.base import Source
+
+Stat = os.stat_result
 
 
 async def fill_from_cache(
@@ -92,16 +96,21 @@ def check_present(
     mv = repo.open(name, version)
     cache.rehash |= load_skips_digests(mv.manifest, mv.signer)
     hashed = 0
-    for rel, entry in sorted(mv.listing.files.items()):
-        algorithm, digest = expected_digest(entry)
-        key, path = BlobKey(algorithm, digest), mv.path / rel
-        before = path.stat()
-        if cache.vouches(key, before):
-            continue
-        check_digest(path, algorithm, digest, cache.hash_and_stamp(key, path, before))
+    for _, key, path, before in unvouched(cache, mv):
+        check_digest(path, key.algorithm, key.digest, cache.hash_and_stamp(key, path, before))
         hashed += 1
     rep.message(f"node cache: {hashed} of {len(mv.listing.files)} files hashed again")
     return mv
+
+
+def unvouched(cache: NodeCache, mv: ModelVersion) -> Iterator[tuple[str, BlobKey, Path, Stat]]:
+    """The files of ``mv`` the cache cannot vouch for without hashing them, in name order:
+    (relative path, blob key, path, its stat now)."""
+    for rel, entry in sorted(mv.listing.files.items()):
+        key, path = BlobKey(*expected_digest(entry)), mv.path / rel
+        before = path.stat()
+        if not cache.vouches(key, before):
+            yield rel, key, path, before
 
 
 def load_skips_digests(manifest: Manifest, signer: Signer | None) -> bool:

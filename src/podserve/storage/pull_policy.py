@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from podserve.errors import ConfigurationError, PodserveError
-from podserve.storage.cache import BlobKey, NodeCache
-from podserve.storage.cache_pull import load_skips_digests
+from podserve.storage.cache import NodeCache
+from podserve.storage.cache_pull import load_skips_digests, unvouched
 from podserve.storage.download import Reporter
-from podserve.storage.integrity import expected_digest, verify_digests
+from podserve.storage.integrity import verify_digests
 from podserve.storage.repository import ModelRepository, ModelVersion
 from podserve.storage.sources.base import ARCHIVE_SUFFIXES
 
@@ -107,8 +107,6 @@ def _unvouched(mv: ModelVersion, cache: NodeCache) -> str | None:
         return "--rehash hashes every file again"
     if load_skips_digests(mv.manifest, mv.signer):
         return "the server checks sizes only (verify: size, unsigned), so no stamp is trusted"
-    for rel, entry in sorted(mv.listing.files.items()):
-        key = BlobKey(*expected_digest(entry))
-        if not cache.vouches(key, (mv.path / rel).stat()):
-            return f"{rel} is not the file the node cache verified (its stamp does not match)"
+    for rel, *_ in unvouched(cache, mv):
+        return f"{rel} is not the file the node cache verified (its stamp does not match)"
     return None
