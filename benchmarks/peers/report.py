@@ -116,8 +116,43 @@ def render(result: dict, peers: list[str]) -> str:
                 f"that process: {c['json_rows_per_s']:,.0f} rows/s (what answering in JSON "
                 "costs before any HTTP)"
             )
+    lines += paired_lines(result)
     lines += ["", *checks(result)]
     return "\n".join(lines)
+
+
+def paired_of(result: dict, peer: str, threads: int, answer: str) -> dict | None:
+    for r in result.get("paired", []):
+        if (r["peer"], r["threads"], r["answer"]) == (peer, threads, answer):
+            return r
+    return None
+
+
+def paired_lines(result: dict) -> list[str]:
+    """Server samples between in-process ceiling windows (``paired.py``), one line each."""
+    rows = result.get("paired", [])
+    if not rows:
+        return []
+    out = [
+        "",
+        "Paired with the ceiling (MiniLM, batching on, top concurrency): each server sample "
+        "between two in-process ceiling windows of the same length; ratio = server / mean of "
+        "the two windows, median of the pairs:",
+        "",
+        "| peer | threads | answer | median ratio | ratios | server req/s | ceiling rows/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["threads"], r["answer"], r["peer"])):
+        head = f"| {LABEL[r['peer']]} | {r['threads']} | {r['answer']} |"
+        if "failed" in r:
+            out.append(f"{head} failed: {r['failed'][:80]} | | | |")
+            continue
+        err = f" ⚠{r['errors']} errors" if r["errors"] else ""
+        ratios = ", ".join(f"{x:.2f}" for x in r["ratios"])
+        rps = ", ".join(f"{x:,.0f}" for x in r["rps"])
+        ceilings = ", ".join(f"{x:,.0f}" for x in r["ceilings"])
+        out.append(f"{head} **{r['median_ratio']:.2f}**{err} | {ratios} | {rps} | {ceilings} |")
+    return out
 
 
 def checks(result: dict) -> list[str]:
@@ -158,6 +193,14 @@ def checks(result: dict) -> list[str]:
             v = ps["rps"] / ceil["rows_per_s"]
             where = f"MiniLM {threads} thread(s), batching on, c=32"
             out.append(f"- {where}: podserve/ceiling {v:.2f} {_need(v, 0.95)}")
+            for answer in ("json", "binary"):
+                pr = paired_of(result, "podserve", threads, answer)
+                if pr and "failed" not in pr and not pr["errors"]:
+                    m = pr["median_ratio"]
+                    out.append(
+                        f"- {where}, {answer} answers: podserve/ceiling paired median {m:.2f} "
+                        f"over {len(pr['ratios'])} pairs {_need(m, 0.95)}"
+                    )
             if ceil.get("json_rows_per_s"):
                 j = ps["rps"] / ceil["json_rows_per_s"]
                 out.append(f"- {where}: podserve/(ceiling with JSON answers) {j:.2f}")
@@ -286,6 +329,9 @@ def readme_table(result: dict) -> str:
                 if model == "minilm" and ceil and _ok(ps)
                 else "—"
             )
+            pr = paired_of(result, "podserve", threads, "json") if model == "minilm" else None
+            if pr and "failed" not in pr and conc == pr["concurrency"]:
+                ratio += f" (paired {pr['median_ratio']:.2f})"
             name = f"MiniLM int8, {threads} ORT thread(s)" if model == "minilm" else model
             lines.append(
                 f"| {name} | {conc} | {_fmt(cell['off'].get('podserve'), 'podserve', 'off')} | "
@@ -301,7 +347,8 @@ def readme_table(result: dict) -> str:
         f"{result['machine']}; 1-minute load average {min(loads, default=0):.1f}–"
         f"{max(loads, default=0):.1f} during the cells. Batching on: max batch "
         f"{s['max_batch']}, {s['delay_ms']} ms queue delay (podserve: `{policy}` policy). "
-        "Ceiling: onnxruntime alone in one process at its best batch size. "
+        "Ceiling: onnxruntime alone in one process at its best batch size; paired: the "
+        "median of server samples each divided by the ceiling measured just before and after. "
         "Every peer's row, and the target checks, are in docs/benchmarks.md.",
     ]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from typing import Any
 
 import load
 import numpy as np
+import paired
 import peers
 import report
 from procs import Server, batch_counts, free_port_block, get_json, post_json
@@ -85,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = (
         {} if args.no_ceiling else measure_ceiling(minilm, bodies, args.threads, args.duration)
     )
+    pairing = None
+    if ceiling and args.paired > 0 and "minilm" in args.models and "on" in args.batching:
+        batches = {n: ceiling[str(n)]["batch"] for n in args.threads}
+        pairing = paired.Ceiling(minilm, bodies["minilm"], batches)
+        bodies["minilm-binary"] = paired.binary_body(bodies["minilm"])
     rows: list[dict] = []
+    pairs: list[dict] = []
     servers_seen: dict[str, str] = {}
     for threads in args.threads:
         for batching in args.batching:
@@ -100,7 +107,18 @@ def main(argv: list[str] | None = None) -> int:
                 if on and not peers.HAS_BATCHER[peer]:
                     continue
                 rows += run_instance(
-                    peer, setup, threads, on, models, bodies, reference, args, failed, servers_seen
+                    peer,
+                    setup,
+                    threads,
+                    on,
+                    models,
+                    bodies,
+                    reference,
+                    args,
+                    failed,
+                    servers_seen,
+                    pairing,
+                    pairs,
                 )
     if ceiling:  # again at the end: the best of the two, since other work comes and goes
         late = measure_ceiling(minilm, bodies, args.threads, args.duration)
@@ -127,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "podserve_policy": args.podserve_policy,
             "podserve_instances": args.podserve_instances,
+            "paired": args.paired,
         },
         "loadavg_1m_end": os.getloadavg()[0],
         "versions": versions,
@@ -134,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed": failed,
         "ceiling": ceiling,
         "rows": rows,
+        "paired": pairs,
     }
     table = report.render(result, args.peers)
     print(table)
@@ -149,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_instance(
-    peer, setup, threads, on, models, bodies, reference, args, failed, seen
+    peer, setup, threads, on, models, bodies, reference, args, failed, seen, pairing, pairs
 ) -> list[dict]:  # type: ignore[no-untyped-def]
     tag = f"{peer}-t{threads}-{'on' if on else 'off'}"
     rows: list[dict] = []
@@ -192,6 +212,8 @@ def run_instance(
                     f"{row['client_cores']:.2f} server {row['server_cores']:.2f} cores",
                     flush=True,
                 )
+        if pairing is not None and on and "minilm" in models:
+            pairs += run_pairs(peer, threads, server, url, bodies, reference, args, pairing)
     except Exception as exc:  # the peer's cells become 'failed: <reason>', the run goes on
         reason = f"{type(exc).__name__}: {exc}"[:300]
         print(f"[fail] {tag}: {reason}", flush=True)
@@ -203,6 +225,42 @@ def run_instance(
         if left:
             print(f"[warn] {tag}: processes left {left}", flush=True)
     return rows
+
+
+def run_pairs(peer, threads, server, url, bodies, reference, args, pairing) -> list[dict]:  # type: ignore[no-untyped-def]
+    """MiniLM at the largest concurrency, alternating with the in-process ceiling."""
+    out = []
+    infer = f"{url}/v2/models/minilm/infer"
+    conns = max(args.concurrency)
+    for answer in ("json", "binary"):
+        if answer == "binary" and peer not in paired.BINARY:
+            continue
+        body = bodies["minilm" if answer == "json" else "minilm-binary"]
+        key = {"peer": peer, "threads": threads, "answer": answer, "concurrency": conns}
+        try:
+            if answer == "binary":
+                got = paired.read_binary(infer, body.read_bytes())
+                err = float(np.max(np.abs(got - reference["minilm"])))
+                if not err <= TOL:
+                    raise RuntimeError(f"binary answer: max abs error {err:.2e} > {TOL}")
+            row = {
+                **key,
+                **paired.measure(
+                    pairing, threads, server, infer, body, conns, args.paired, args.duration
+                ),
+            }
+        except Exception as exc:  # recorded; the rest of the run goes on
+            row = {**key, "failed": f"{type(exc).__name__}: {exc}"[:300]}
+        out.append(row)
+        if "failed" in row:
+            print(f"  [paired] {peer}-t{threads} {answer}: failed: {row['failed']}", flush=True)
+        else:
+            print(
+                f"  [paired] {peer}-t{threads} {answer} c={conns}: ratios {row['ratios']} "
+                f"(server {row['rps']}, ceiling {row['ceilings']})",
+                flush=True,
+            )
+    return out
 
 
 def summarize(reps: list[dict]) -> dict:
@@ -375,6 +433,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help="podserve's MiniLM sessions (options.instances); intra-op threads split over them",
+    )
+    p.add_argument(
+        "--paired",
+        type=int,
+        default=3,
+        help="MiniLM batching-on server samples at the top concurrency, each between two "
+        "in-process ceiling windows (0: skip)",
     )
     p.add_argument("--start-timeout", type=float, default=120.0)
     p.add_argument("--podserve", help="the podserve executable (default: beside this python)")
