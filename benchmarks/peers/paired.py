@@ -30,23 +30,31 @@ from procs import Server
 BINARY = ("podserve", "triton")  # servers with Triton's binary tensor data extension
 
 
+def session(minilm: Path, threads: int) -> Any:
+    """onnxruntime on the CPU with the servers' settings: ``threads`` intra-op, 1 inter-op."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(minilm), so, providers=["CPUExecutionProvider"])
+
+
+def one_row(body: Path) -> dict[str, np.ndarray]:
+    """The inputs of a v2 JSON body as arrays (INT64, MiniLM's)."""
+    doc = json.loads(body.read_text())
+    return {t["name"]: np.asarray(t["data"], np.int64).reshape(t["shape"]) for t in doc["inputs"]}
+
+
 class Ceiling:
     """One onnxruntime session per thread count, kept for the whole run."""
 
     def __init__(self, minilm: Path, body: Path, batches: dict[int, int]) -> None:
-        import onnxruntime as ort
-
-        doc = json.loads(body.read_text())
-        one = {
-            t["name"]: np.asarray(t["data"], np.int64).reshape(t["shape"]) for t in doc["inputs"]
-        }
+        one = one_row(body)
         self.sessions: dict[int, Any] = {}
         self.feeds: dict[int, dict[str, np.ndarray]] = {}
         for n, batch in batches.items():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = n
-            so.inter_op_num_threads = 1
-            sess = ort.InferenceSession(str(minilm), so, providers=["CPUExecutionProvider"])
+            sess = session(minilm, n)
             self.feeds[n] = {k: np.repeat(v, batch, axis=0) for k, v in one.items()}
             sess.run(None, self.feeds[n])
             self.sessions[n] = sess

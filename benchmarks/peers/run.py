@@ -335,16 +335,10 @@ def measure_ceiling(
     minilm: Path, bodies: dict[str, Path], threads: list[int], seconds: float
 ) -> dict:
     """onnxruntime alone, in this process, at its best batch size: rows/s per thread count."""
-    import onnxruntime as ort
-
-    body = json.loads(bodies["minilm"].read_text())
-    one = {t["name"]: np.asarray(t["data"], np.int64).reshape(t["shape"]) for t in body["inputs"]}
+    one = paired.one_row(bodies["minilm"])
     out: dict = {}
     for n in threads:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = n
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(minilm), so, providers=["CPUExecutionProvider"])
+        sess = paired.session(minilm, n)
         per_batch = {}
         for b in (1, 2, 4, 8, 16, 32):
             feed = {k: np.repeat(v, b, axis=0) for k, v in one.items()}
