@@ -68,6 +68,24 @@ def test_json_and_binary_inputs_decode_to_arrays() -> None:
             None,
             "binary_data_size 8 but only 0 bytes",
         ),
+        (
+            b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}], '
+            b'"parameters": {"binary_data_output": "yes"}}',
+            None,
+            "request: parameter 'binary_data_output' must be true or false, not a str",
+        ),
+        (
+            b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}], '
+            b'"outputs": [{"name": "y", "parameters": {"binary_data": "false"}}]}',
+            None,
+            "output 'y': parameter 'binary_data' must be true or false, not a str",
+        ),
+        (
+            b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}], '
+            b'"outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}',
+            None,
+            "output 'y': parameter 'binary_data' must be true or false, not a int",
+        ),
     ],
 )
 def test_bad_bodies_are_refused_naming_the_problem(

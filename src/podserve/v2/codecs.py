@@ -106,7 +106,7 @@ def decode_infer(
         model_version=model_version,
         id=request_id,
         outputs=_requested_outputs(doc.get("outputs")),
-        parameters=_parameters(doc, "request"),
+        parameters=_flagged(_parameters(doc, "request"), "binary_data_output", "request"),
     )
 
 
@@ -119,6 +119,17 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
+def _flagged(params: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """``params`` once its ``key`` is absent or a JSON boolean: a string such as "false" would
+    otherwise choose the answer's format by the accident of its truthiness."""
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequestError(
+            f"{where}: parameter '{key}' must be true or false, not a {type(value).__name__}"
+        )
+    return params
+
+
 def _requested_outputs(items: Any) -> list[RequestedOutput] | None:
     if items is None:
         return None
@@ -128,7 +139,8 @@ def _requested_outputs(items: Any) -> list[RequestedOutput] | None:
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidRequestError("each requested output needs a 'name' string")
-        params = _parameters(item, f"output '{item['name']}'")
+        where = f"output '{item['name']}'"
+        params = _flagged(_parameters(item, where), "binary_data", where)
         if "classification" in params:
             raise InvalidRequestError("the classification extension is not supported")
         out.append(RequestedOutput(item["name"], params))

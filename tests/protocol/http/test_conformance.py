@@ -131,6 +131,30 @@ def test_request_level_binary_data_output_with_json_override(server: ServerThrea
     assert out1["data"] == [-1] * 16
 
 
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("request", "yes"), ("request", "false"), ("output", "false"), ("output", 0)],
+)
+def test_a_binary_flag_that_is_not_a_boolean_is_a_400(
+    server: ServerThread, where: str, value: object
+) -> None:
+    """ "false" is truthy and "yes" is not True: the format must not follow such an accident."""
+    body: dict[str, object] = {
+        "inputs": [
+            {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+            {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [2] * 16},
+        ],
+    }
+    if where == "request":
+        body["parameters"] = {"binary_data_output": value}
+    else:
+        body["outputs"] = [{"name": "OUTPUT0", "parameters": {"binary_data": value}}]
+    r = requests.post(f"{server.base}/v2/models/add_sub/infer", json=body, timeout=10)
+    assert r.status_code == 400, r.text
+    key = "binary_data_output" if where == "request" else "binary_data"
+    assert f"parameter '{key}' must be true or false" in r.json()["error"]
+
+
 def test_bytes_model_binary_and_json(client: httpclient.InferenceServerClient) -> None:
     words = np.array([[b"alpha", b"\xff\x00raw", b""]], dtype=object)
     result = client.infer("strings", [_input("INPUT0", words, "BYTES", True)])
