@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from podserve.errors import InvalidRequestError, PayloadTooLargeError
-from podserve.v2 import InferResponse, output_tensor
+from podserve.v2 import InferRequest, InferResponse, output_tensor
 from podserve.v2.codecs import decode_infer, encode_infer
 from podserve.v2.compression import decompress
 
@@ -144,3 +144,40 @@ def test_gzip_and_deflate_bodies_inflate_within_the_limit() -> None:
         decompress(gzipped[:-8], "gzip", 1000)
     with pytest.raises(InvalidRequestError, match="unsupported Content-Encoding 'br'"):
         decompress(body, "br", 1000)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "timeout_s", "priority"),
+    [
+        ({}, None, 0),
+        ({"timeout": 0, "priority": 3}, None, 3),
+        ({"timeout": 1500, "priority": 2.0}, 0.0015, 2),  # 2.0 is how some encoders write 2
+        ({"timeout": 2.5e6, "priority": -1}, 2.5, -1),
+    ],
+)
+def test_timeout_and_priority_read_from_numbers(
+    parameters: dict[str, object], timeout_s: float | None, priority: int
+) -> None:
+    req = InferRequest("m", [], parameters=dict(parameters))
+    assert (req.timeout_s, req.priority) == (timeout_s, priority)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"timeout": True}, "'timeout' must be a number"),
+        ({"timeout": "100"}, "'timeout' must be a number"),
+        ({"timeout": float("inf")}, "'timeout' must be >= 0"),  # gRPC's double_param can
+        ({"timeout": float("nan")}, "'timeout' must be >= 0"),
+        ({"timeout": -1}, "'timeout' must be >= 0"),
+        ({"priority": False}, "'priority' must be an integer"),
+        ({"priority": "1"}, "'priority' must be an integer"),
+        ({"priority": 1.5}, "'priority' must be an integer"),
+    ],
+)
+def test_timeout_and_priority_refuse_what_is_not_their_number(
+    parameters: dict[str, object], message: str
+) -> None:
+    req = InferRequest("m", [], parameters=dict(parameters))
+    with pytest.raises(InvalidRequestError, match=message):
+        _ = req.timeout_s, req.priority

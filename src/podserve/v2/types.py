@@ -8,6 +8,7 @@ module (:mod:`podserve.v2.tensors`, :mod:`podserve.v2.codecs`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,25 +95,26 @@ class InferRequest:
         value = self.parameters.get("timeout")
         if value is None:
             return None
-        try:
-            timeout_us = float(value)
-        except (TypeError, ValueError):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidRequestError(
-                "parameter 'timeout' must be a number (microseconds)"
-            ) from None
-        if timeout_us < 0 or timeout_us != timeout_us:
+                f"parameter 'timeout' must be a number (microseconds), not a {type(value).__name__}"
+            )
+        if not 0 <= value < math.inf:  # NaN fails too
             raise InvalidRequestError(
                 f"parameter 'timeout' must be >= 0 microseconds (0 = none), got {value!r}"
             )
-        return timeout_us / 1e6 if timeout_us > 0 else None
+        return value / 1e6 if value > 0 else None
 
     @property
     def priority(self) -> int:
         value = self.parameters.get("priority", 0)
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise InvalidRequestError("parameter 'priority' must be an integer") from None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequestError(
+                f"parameter 'priority' must be an integer, got {str(value)[:40]!r}"
+            )
+        return value
 
 
 @dataclass(slots=True)
