@@ -245,6 +245,28 @@ def test_data_length_mismatch(
     _assert_healthy(client)
 
 
+@pytest.mark.parametrize(
+    ("key", "field", "value", "message"),
+    [
+        ("priority", "bool_param", True, "parameter 'priority' must be an integer"),
+        ("priority", "string_param", "1", "parameter 'priority' must be an integer"),
+        ("timeout", "string_param", "5s", "parameter 'timeout' must be a number"),
+        ("timeout", "double_param", float("inf"), "parameter 'timeout' must be >= 0"),
+    ],
+)
+def test_a_priority_or_timeout_of_the_wrong_type_is_invalid_argument(
+    stub: Any, client: tc.InferenceServerClient, key: str, field: str, value: Any, message: str
+) -> None:
+    """tritonclient refuses to send these itself; a raw message can."""
+    req = _raw_request()
+    setattr(req.parameters[key], field, value)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(req)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in str(info.value.details())
+    _assert_healthy(client)
+
+
 def test_oversized_message(serve_grpc: Callable[..., ServerThread]) -> None:
     server = serve_grpc(["identity"], max_body_bytes=64 * 1024)
     client = tc.InferenceServerClient(server.url)
