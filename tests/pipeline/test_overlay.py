@@ -7,6 +7,7 @@ is what only the pipeline overlay must hold together.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,9 +36,10 @@ def objects() -> list[dict[str, Any]]:
     return schemas.load_documents(done.stdout)
 
 
-def test_renders_strictly_valid_and_keeps_policy(objects: list[dict[str, Any]]) -> None:
-    keda = REPO.parent / "shared" / "schemas" / "keda"
-    assert schemas.validate(objects, keda) == []
+def test_renders_strictly_valid_and_keeps_policy(
+    objects: list[dict[str, Any]], keda_schemas: Path
+) -> None:
+    assert schemas.validate(objects, keda_schemas) == []
     assert policy.check(objects) == []
 
 
