@@ -240,9 +240,7 @@ def run_pairs(peer, threads, server, url, bodies, reference, args, pairing) -> l
         try:
             if answer == "binary":
                 got = paired.read_binary(infer, body.read_bytes())
-                err = float(np.max(np.abs(got - reference["minilm"])))
-                if not err <= TOL:
-                    raise RuntimeError(f"binary answer: max abs error {err:.2e} > {TOL}")
+                compare("minilm, binary answer", got, reference["minilm"])
             row = {
                 **key,
                 **paired.measure(
@@ -276,12 +274,18 @@ def summarize(reps: list[dict]) -> dict:
 def check(url: str, model: str, body: Path, expected: np.ndarray) -> None:
     reply = post_json(f"{url}/v2/models/{model}/infer", body.read_bytes())
     out = reply["outputs"][0]
-    got = np.asarray(out["data"], dtype=np.float32).reshape(expected.shape)
     if list(out["shape"]) != list(expected.shape):
         raise RuntimeError(f"{model}: shape {out['shape']} != {list(expected.shape)}")
+    compare(model, np.asarray(out["data"], dtype=np.float32).reshape(expected.shape), expected)
+
+
+def compare(what: str, got: np.ndarray, expected: np.ndarray) -> None:
+    """``got`` has ``expected``'s shape and is within TOL of it everywhere."""
+    if got.shape != expected.shape:
+        raise RuntimeError(f"{what}: shape {list(got.shape)} != {list(expected.shape)}")
     err = float(np.max(np.abs(got - expected)))
     if not err <= TOL:
-        raise RuntimeError(f"{model}: max abs error {err:.2e} > {TOL}")
+        raise RuntimeError(f"{what}: max abs error {err:.2e} > {TOL}")
 
 
 def make_bodies(folder: Path, seq: int) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
